@@ -1,0 +1,199 @@
+"""Images in and out: discovery, decoding to RGB, preprocessing, PNG names.
+
+One definition of each, used by train, embed, detect and evaluation.
+"""
+
+import os
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import functional as TF
+
+from utils import UserError, atomic_write
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+CELEBA_CROP = 148  # published CelebA preprocessing: center-crop 148, resize 128
+CELEBA_RESOLUTION = 128
+
+# Truncated files must fail, not decode as grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Refuse decompression bombs as a skipped file, not a warning.
+warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+
+def list_images(data_dir, recursive=False):
+    """Image files under `data_dir` as sorted relative POSIX paths.
+
+    Extensions are matched case-insensitively; hidden files are ignored.
+    Raises UserError for a missing folder or one without images.
+    """
+    if not os.path.isdir(data_dir):
+        raise UserError(f"--data_dir {data_dir}: no such folder")
+    found = []
+    for folder, subfolders, files in os.walk(data_dir):
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        relative = os.path.relpath(folder, data_dir)
+        for name in files:
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(name if relative == "." else f"{relative}/{name}".replace(os.sep, "/"))
+        if not recursive:
+            break
+    if not found:
+        hint = "" if recursive else " (use --recursive for sub-folders)"
+        raise UserError(f"--data_dir {data_dir}: no images ({', '.join(IMAGE_EXTENSIONS)}){hint}")
+    return sorted(found)
+
+
+def output_names(relative_paths):
+    """Unique PNG names for the inputs: `a/x.jpg` -> `a/x.png`.
+
+    The published rule (stem + .png) is kept whenever it is unambiguous;
+    where two inputs would collide (`x.jpg`, `x.png`) the full file name is
+    kept (`x.jpg.png`), then a counter is added.
+    """
+    stems = [os.path.splitext(path)[0] + ".png" for path in relative_paths]
+    counts = {}
+    for stem in stems:
+        counts[stem.lower()] = counts.get(stem.lower(), 0) + 1
+    names, taken = [], set()
+    for path, stem in zip(relative_paths, stems):
+        name = stem if counts[stem.lower()] == 1 else (path if path.lower().endswith(".png") else path + ".png")
+        base, number = name[:-4], 1
+        while name.lower() in taken:
+            number += 1
+            name = f"{base}-{number}.png"
+        taken.add(name.lower())
+        names.append(name)
+    return names
+
+
+def load_rgb(path):
+    """Decode any supported file as an upright 8-bit RGB PIL image.
+
+    Handles EXIF orientation, grayscale(+alpha), palette, RGBA, CMYK and
+    16-bit files; alpha is dropped. Raises on unreadable content.
+    """
+    with Image.open(path) as image:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        scale = 257.0 if values.max() > 255 else 1.0
+        image = Image.fromarray(np.clip(values / scale + 0.5, 0, 255).astype(np.uint8), "L")
+    elif image.mode == "F":
+        image = Image.fromarray(np.clip(np.asarray(image) * 255 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def check_preprocessing(resolution, use_celeba_preprocessing):
+    if use_celeba_preprocessing and resolution != CELEBA_RESOLUTION:
+        raise UserError(f"--use_celeba_preprocessing is defined for --image_resolution "
+                        f"{CELEBA_RESOLUTION}, got {resolution} (use --center_crop for other sizes)")
+
+
+def preprocess(image, resolution, center_crop=0):
+    """PIL RGB -> uint8 tensor (c h w) of size `resolution`.
+
+    With `center_crop` > 0: center-crop that many pixels, then resize
+    (CelebA: 148 -> 128). Otherwise resize the shorter side, center-crop.
+    """
+    if center_crop:
+        image = TF.center_crop(image, [center_crop, center_crop])
+        image = TF.resize(image, [resolution, resolution], antialias=True)
+    else:
+        image = TF.resize(image, resolution, antialias=True)
+        image = TF.center_crop(image, [resolution, resolution])
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def center_crop_for(resolution, use_celeba_preprocessing, center_crop=0):
+    """The crop size the flags ask for (0 = shorter-side resize)."""
+    return CELEBA_CROP if use_celeba_preprocessing else center_crop
+
+
+class ImageFiles(Dataset):
+    """Preprocessed images of a listing; unreadable files become error records.
+
+    Items are (index, uint8 tensor c h w or None, error message or None),
+    so one bad file never stops a run.
+    """
+
+    def __init__(self, data_dir, relative_paths, resolution, center_crop=0):
+        self.data_dir = data_dir
+        self.relative_paths = relative_paths
+        self.resolution = resolution
+        self.center_crop = center_crop
+
+    def __len__(self):
+        return len(self.relative_paths)
+
+    def __getitem__(self, index):
+        path = os.path.join(self.data_dir, self.relative_paths[index])
+        try:
+            image = preprocess(load_rgb(path), self.resolution, self.center_crop)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
+                Image.DecompressionBombError) as error:
+            return index, None, f"{type(error).__name__}: {error}".replace("\n", " ")
+        return index, image, None
+
+
+def collate_records(records):
+    """Batch good images; pass bad ones through as (index, reason)."""
+    good = [(index, image) for index, image, error in records if error is None]
+    failed = [(index, error) for index, _, error in records if error is not None]
+    indices = torch.tensor([index for index, _ in good], dtype=torch.long)
+    images = torch.stack([image for _, image in good]) if good else torch.empty(0, dtype=torch.uint8)
+    return indices, images, failed
+
+
+def image_batches(dataset, batch_size, num_workers, indices=None):
+    """Iterate (indices, uint8 images b c h w, failed) over `dataset` in order."""
+    subset = dataset if indices is None else torch.utils.data.Subset(dataset, indices)
+    return DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      collate_fn=collate_records, persistent_workers=False)
+
+
+def default_num_workers():
+    """Reader processes: all cores but one, at most 8."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def to_float(images):
+    """uint8 (b c h w) -> float in [0, 1]."""
+    return images.float().div_(255)
+
+
+def to_uint8(images):
+    """float in [0, 1] (b c h w) -> uint8, rounded: exactly what a PNG stores."""
+    return images.clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+def save_png(image, path):
+    """Write a uint8 (c h w) tensor as PNG, atomically."""
+    array = image.permute(1, 2, 0).cpu().numpy()
+    atomic_write(path, lambda temp_path: Image.fromarray(array).save(temp_path, format="PNG"))
+
+
+def record_skipped(failures, path, resume=False):
+    """Write skipped files as '<file>\\t<reason>' lines; returns how many.
+
+    With `resume`, files recorded by the interrupted run are kept.
+    """
+    skipped = {}
+    if resume and os.path.exists(path):
+        with open(path, encoding="utf-8") as file:
+            skipped = dict(line.rstrip("\n").split("\t", 1) for line in file if "\t" in line)
+    skipped.update(failures)
+    if not skipped and not os.path.exists(path):
+        return 0
+
+    def write(temp_path):
+        with open(temp_path, "w", encoding="utf-8") as file:
+            file.writelines(f"{name}\t{reason}\n" for name, reason in sorted(skipped.items()))
+    atomic_write(path, write)
+    return len(skipped)

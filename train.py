@@ -1,0 +1,340 @@
+"""Train a fingerprint encoder/decoder pair on a folder of images.
+
+    python train.py --data_dir images/ --output_dir runs/celeba \\
+        --image_resolution 128 --fingerprint_length 100 --use_celeba_preprocessing
+
+Writes, into --output_dir: args.json (resolved options), metrics.jsonl,
+logs/ (TensorBoard), saved_images/<step>.png (clean | fingerprinted |
+amplified residual) and checkpoints/<run>_encoder.pth, _decoder.pth,
+_config.json and _optim.pth (optimizer, step and schedule, for --resume).
+"""
+
+import argparse
+import glob
+import json
+import math
+import os
+import time
+from datetime import datetime
+
+import torch
+import torch.nn.functional as F
+from torchvision.utils import save_image
+from tqdm import tqdm
+
+import data
+from models import StegaStampDecoder, StegaStampEncoder, check_resolution
+from utils import (ModelConfig, UserError, bit_accuracy, bits_from_logits, decode, encode,
+                   load_checkpoint, psnr, random_bits, run_cli, atomic_write, save_checkpoint, save_model_config,
+                   select_device, write_json)
+
+# Recipes: what differs between the published algorithm and ours.
+RECIPES = {
+    # The published code, exactly: sigmoid image output, [0,1] inputs,
+    # L2 off until bit accuracy first passes 0.9, then await + ramp.
+    "paper": dict(encoder_output="image", centred_inputs=False, warmup_steps=0, zero_init=False),
+    # Default: image + residual (zero-initialised, so training starts from
+    # a perfect copy), centred inputs, learning-rate warm-up.
+    "fast": dict(encoder_output="residual", centred_inputs=True, warmup_steps=200, zero_init=False),
+}
+RECIPE_DEFAULTS = {"paper": dict(lr=1e-4, l2_loss_await=1000, l2_loss_ramp=3000),
+                   "fast": dict(lr=1e-3, l2_loss_await=0, l2_loss_ramp=1000)}
+L2_ACTIVATION_ACCURACY = 0.9
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--data_dir", required=True, help="folder of training images")
+    add("--output_dir", required=True, help="run folder for checkpoints, logs and samples")
+    add("--recursive", action="store_true", help="also read images in sub-folders")
+    add("--use_celeba_preprocessing", action="store_true",
+        help="center-crop 148 then resize to 128 (only with --image_resolution 128)")
+    add("--center_crop", type=int, default=0,
+        help="center-crop this many pixels, then resize (0 = resize shorter side; default 0)")
+    add("--fingerprint_length", "--fingerprint_size", dest="fingerprint_length", type=int, default=100,
+        help="number of bits (default 100)")
+    add("--image_resolution", type=int, default=128, help="power of two >= 16 (default 128)")
+    add("--num_epochs", type=int, default=20, help="passes over the data (default 20)")
+    add("--max_steps", type=int, default=0, help="stop after this many steps (0 = no limit)")
+    add("--batch_size", type=int, default=64, help="images per step (default 64)")
+    add("--recipe", choices=sorted(RECIPES), default="fast",
+        help="'paper' = the published algorithm exactly; 'fast' (default) = converges faster")
+    add("--lr", type=float, default=None, help="Adam learning rate (paper 1e-4, fast 1e-3)")
+    add("--cuda", type=int, default=0, help="CUDA device index; -1 or no GPU = CPU (default 0)")
+    add("--l2_loss_await", type=int, default=None,
+        help="steps after bit accuracy first exceeds 0.9 before the L2 weight rises (paper 1000, fast 0)")
+    add("--l2_loss_weight", type=float, default=10, help="final L2 loss weight (default 10)")
+    add("--l2_loss_ramp", type=int, default=None, help="steps to ramp the L2 weight up (paper 3000, fast 1000)")
+    add("--BCE_loss_weight", type=float, default=1, help="bit loss weight (default 1)")
+    add("--seed", type=int, default=0, help="seed for weights, batches and bits (default 0)")
+    add("--num_workers", type=int, default=None, help="image decoding processes (default: cores - 1)")
+    add("--num_holdout", type=int, default=None,
+        help="images held out to measure PSNR/bit accuracy (default 1%%, at most 500)")
+    add("--log_interval", type=int, default=100, help="steps between logged metrics (default 100)")
+    add("--checkpoint_interval", type=int, default=5000, help="steps between checkpoints (default 5000)")
+    add("--image_interval", type=int, default=1000, help="steps between sample grids (default 1000)")
+    add("--resume", action="store_true", help="continue the latest run in --output_dir")
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name, value in RECIPE_DEFAULTS[args.recipe].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    try:
+        check_resolution(args.image_resolution)
+        data.check_preprocessing(args.image_resolution, args.use_celeba_preprocessing)
+    except (ValueError, UserError) as error:
+        parser.error(str(error))
+    for name in ("fingerprint_length", "batch_size", "num_epochs", "log_interval", "checkpoint_interval",
+                 "image_interval"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1")
+    if args.lr <= 0:
+        parser.error("--lr must be > 0")
+    if args.num_workers is None:
+        args.num_workers = data.default_num_workers()
+    return args
+
+
+# --- data -----------------------------------------------------------------
+
+def load_image_cache(args):
+    """Decode every image once into a uint8 tensor (n c h w); report skipped files."""
+    paths = data.list_images(args.data_dir, args.recursive)
+    crop = data.center_crop_for(args.image_resolution, args.use_celeba_preprocessing, args.center_crop)
+    dataset = data.ImageFiles(args.data_dir, paths, args.image_resolution, crop)
+    images, failures = [], []
+    for _, batch, failed in tqdm(data.image_batches(dataset, 256, args.num_workers), desc="reading images",
+                                 unit="batch", leave=False):
+        images.append(batch) if len(batch) else None
+        failures.extend((paths[index], reason) for index, reason in failed)
+    if failures:
+        skipped = data.record_skipped(failures, os.path.join(args.output_dir, "skipped.txt"))
+        print(f"skipped {skipped} unreadable file(s), listed in {args.output_dir}/skipped.txt")
+    if not images:
+        raise UserError(f"--data_dir {args.data_dir}: none of the {len(paths)} files could be read")
+    return torch.cat(images)
+
+
+def split_holdout(images, num_holdout, seed):
+    """(training, held-out) uint8 tensors; the held-out images are never trained on."""
+    if num_holdout is None:
+        num_holdout = min(500, len(images) // 100)
+    if num_holdout >= len(images):
+        raise UserError(f"--num_holdout {num_holdout} leaves no training images (found {len(images)})")
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    return images[order[num_holdout:]], images[order[:num_holdout]]
+
+
+def epoch_batches(num_images, batch_size, seed, epoch):
+    """Index batches of one epoch; the order depends only on (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(num_images, generator=generator)
+    batch_size = min(batch_size, num_images)
+    return [order[start:start + batch_size] for start in range(0, num_images - batch_size + 1, batch_size)]
+
+
+# --- the recipe -----------------------------------------------------------
+
+def l2_weight(step, l2_activation_step, args):
+    """Published schedule: 0 until activation, then after `await` a linear ramp."""
+    if l2_activation_step is None:
+        return 0.0
+    steps_since = step - l2_activation_step
+    return min(max(0.0, args.l2_loss_weight * (steps_since - args.l2_loss_await) / args.l2_loss_ramp),
+               args.l2_loss_weight)
+
+
+def learning_rate(step, args):
+    warmup = RECIPES[args.recipe]["warmup_steps"]
+    return args.lr * min(1.0, step / warmup) if warmup else args.lr
+
+
+def build_models(args):
+    torch.manual_seed(args.seed)
+    recipe = RECIPES[args.recipe]
+    config = ModelConfig(encoder_output=recipe["encoder_output"], centred_inputs=recipe["centred_inputs"],
+                         resolution=args.image_resolution, fingerprint_length=args.fingerprint_length)
+    residual = config.encoder_output == "residual"
+    encoder = StegaStampEncoder(args.image_resolution, 3, args.fingerprint_length, return_residual=residual)
+    decoder = StegaStampDecoder(args.image_resolution, 3, args.fingerprint_length)
+    if recipe["zero_init"]:
+        # Start from an exact copy of the image: the residual grows only as
+        # far as the bit loss needs it.
+        torch.nn.init.zeros_(encoder.residual.weight)
+        torch.nn.init.zeros_(encoder.residual.bias)
+    return encoder, decoder, config
+
+
+def training_step(models, optimizer, images, bits, weights, args):
+    """One optimisation step; returns the batch metrics."""
+    encoder, decoder, config = models
+    fingerprinted = encode(encoder, config, bits, images)
+    logits = decode(decoder, config, fingerprinted)
+    l2_loss = F.mse_loss(fingerprinted, images)
+    bce_loss = F.binary_cross_entropy_with_logits(logits.view(-1), bits.view(-1))
+    loss = weights["l2"] * l2_loss + args.BCE_loss_weight * bce_loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        accuracy = bit_accuracy(bits_from_logits(logits), bits).mean().item()
+        return dict(bit_acc=accuracy, bce=bce_loss.item(), l2=l2_loss.item(),
+                    psnr=psnr(fingerprinted.detach(), images).mean().item(), l2_weight=weights["l2"]), fingerprinted
+
+
+@torch.no_grad()
+def evaluate(models, images, length, device, seed, batch_size=256):
+    """Bit accuracy after 8-bit quantisation, and PSNR, on held-out images."""
+    encoder, decoder, config = models
+    encoder.eval(), decoder.eval()
+    generator = torch.Generator().manual_seed(seed)
+    accuracies, psnrs = [], []
+    for start in range(0, len(images), batch_size):
+        clean = data.to_float(images[start:start + batch_size]).to(device)
+        bits = random_bits(len(clean), length, generator, device)
+        saved = data.to_float(data.to_uint8(encode(encoder, config, bits, clean)))
+        accuracies.append(bit_accuracy(bits_from_logits(decode(decoder, config, saved)), bits))
+        psnrs.append(psnr(saved, clean))
+    encoder.train(), decoder.train()
+    return dict(heldout_bit_acc=torch.cat(accuracies).mean().item(), heldout_psnr=torch.cat(psnrs).mean().item())
+
+
+# --- run folder -----------------------------------------------------------
+
+def run_name(args):
+    return f"stegastamp_{args.fingerprint_length}_{datetime.now().strftime('%d%m%Y_%H:%M:%S')}"
+
+
+def latest_run(checkpoint_dir):
+    """Name of the newest run with a resumable state in `checkpoint_dir`, or None."""
+    states = glob.glob(os.path.join(checkpoint_dir, "*_optim.pth"))
+    if not states:
+        return None
+    return os.path.basename(max(states, key=os.path.getmtime))[: -len("_optim.pth")]
+
+
+def save_run_state(prefix, models, optimizer, state):
+    encoder, decoder, config = models
+    save_checkpoint(encoder.state_dict(), prefix + "_encoder.pth")
+    save_checkpoint(decoder.state_dict(), prefix + "_decoder.pth")
+    save_model_config(config, prefix)
+    # The state file goes last: a run is resumable from it only once the
+    # weights it refers to are on disk.
+    save_checkpoint(dict(optimizer=optimizer.state_dict(), **state), prefix + "_optim.pth")
+
+
+def restore_run_state(prefix, models, optimizer):
+    encoder, decoder, _ = models
+    encoder.load_state_dict(load_checkpoint(prefix + "_encoder.pth"))
+    decoder.load_state_dict(load_checkpoint(prefix + "_decoder.pth"))
+    state = load_checkpoint(prefix + "_optim.pth")
+    optimizer.load_state_dict(state.pop("optimizer"))
+    return state
+
+
+def save_samples(path, clean, fingerprinted, count=8):
+    clean, fingerprinted = clean[:count].cpu(), fingerprinted[:count].detach().clamp(0, 1).cpu()
+    residual = ((fingerprinted - clean) * 10 + 0.5).clamp(0, 1)
+    grid = torch.cat([clean, fingerprinted, residual])
+    atomic_write(path, lambda temp_path: save_image(grid, temp_path, nrow=len(clean), format="png"))
+
+
+def log_metrics(metrics, step, writer, metrics_path):
+    for name, value in metrics.items():
+        writer.add_scalar(f"train/{name}", value, step)
+    with open(metrics_path, "a", encoding="utf-8") as file:
+        file.write(json.dumps(dict(step=step, **metrics)) + "\n")
+
+
+# --- training -------------------------------------------------------------
+
+def prepare_run(args, models, optimizer):
+    """Checkpoint prefix and the state to start from (fresh or resumed)."""
+    checkpoint_dir = os.path.join(args.output_dir, "checkpoints")
+    name = latest_run(checkpoint_dir) if args.resume else None
+    if args.resume and name is None:
+        print(f"--resume: no checkpoint in {checkpoint_dir}, starting a new run")
+    prefix = os.path.join(checkpoint_dir, name or run_name(args))
+    state = dict(step=0, l2_activation_step=None, run=os.path.basename(prefix))
+    if name is not None:
+        state = restore_run_state(prefix, models, optimizer)
+        print(f"resuming {name} at step {state['step']}")
+    return prefix, state
+
+
+def train(args):
+    """Train as `args` says; returns the final metrics and the checkpoint prefix."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    device = select_device(args.cuda)
+    os.makedirs(args.output_dir, exist_ok=True)
+    write_json(vars(args), os.path.join(args.output_dir, "args.json"))
+    images, heldout = split_holdout(load_image_cache(args), args.num_holdout, args.seed)
+    encoder, decoder, config = build_models(args)
+    encoder, decoder = encoder.to(device), decoder.to(device)
+    models = (encoder, decoder, config)
+    optimizer = torch.optim.Adam(list(decoder.parameters()) + list(encoder.parameters()), lr=args.lr)
+    prefix, state = prepare_run(args, models, optimizer)
+
+    steps_per_epoch = len(epoch_batches(len(images), args.batch_size, args.seed, 0))
+    total_steps = steps_per_epoch * args.num_epochs
+    total_steps = min(total_steps, args.max_steps) if args.max_steps else total_steps
+    writer = SummaryWriter(os.path.join(args.output_dir, "logs"))
+    metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
+    progress = tqdm(total=total_steps, initial=state["step"], desc="training", unit="step", dynamic_ncols=True,
+                    mininterval=1.0)
+    metrics, started = {}, time.time()
+    while state["step"] < total_steps:
+        epoch, offset = divmod(state["step"], steps_per_epoch)
+        for batch in epoch_batches(len(images), args.batch_size, args.seed, epoch)[offset:]:
+            if state["step"] >= total_steps:
+                break
+            metrics = run_step(models, optimizer, images[batch], state, args, device, prefix, writer,
+                               metrics_path, heldout)
+            progress.update(1)
+            progress.set_postfix(bit_acc=f"{metrics['bit_acc']:.3f}", psnr=f"{metrics['psnr']:.1f}")
+    progress.close()
+    save_run_state(prefix, models, optimizer, state)
+    final = dict(step=state["step"], seconds=time.time() - started, **metrics)
+    if len(heldout):
+        final.update(evaluate(models, heldout, args.fingerprint_length, device, args.seed))
+    writer.close()
+    return final, prefix
+
+
+def run_step(models, optimizer, batch_images, state, args, device, prefix, writer, metrics_path, heldout):
+    step = state["step"] + 1
+    generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+    images = data.to_float(batch_images).to(device, non_blocking=True)
+    bits = random_bits(len(images), args.fingerprint_length, generator, device)
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(step, args)
+    weights = dict(l2=l2_weight(step, state["l2_activation_step"], args))
+    metrics, fingerprinted = training_step(models, optimizer, images, bits, weights, args)
+    if state["l2_activation_step"] is None and metrics["bit_acc"] > L2_ACTIVATION_ACCURACY:
+        state["l2_activation_step"] = step
+    state["step"] = step
+    if step % args.log_interval == 0:
+        if len(heldout):
+            metrics.update(evaluate(models, heldout, args.fingerprint_length, device, args.seed))
+        log_metrics(metrics, step, writer, metrics_path)
+    if step % args.image_interval == 0:
+        save_samples(os.path.join(args.output_dir, "saved_images", f"{step}.png"), images, fingerprinted)
+    if step % args.checkpoint_interval == 0:
+        save_run_state(prefix, models, optimizer, state)
+    return metrics
+
+
+def main(args):
+    final, prefix = train(args)
+    summary = ", ".join(f"{name} {value:.4g}" for name, value in final.items())
+    print(f"done: {summary}\ncheckpoints: {prefix}_encoder.pth, {prefix}_decoder.pth")
+
+
+if __name__ == "__main__":
+    run_cli(main, parse_args())
