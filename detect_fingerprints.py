@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 import data
-from embed_fingerprints import add_input_arguments, prepare_folder, validate_input_arguments
+from embed_fingerprints import add_input_arguments, list_inputs, open_pending, validate_input_arguments
 from utils import (UserError, append_lines, bit_accuracy, bits_from_logits, decode, fingerprint_line,
                    format_bits, load_decoder, parse_bits, read_fingerprint_file, run_cli, select_device)
 
@@ -44,13 +44,14 @@ def parse_args(argv=None):
 
 def detect_folder(args):
     """Decode every image in args.data_dir; returns a summary dict."""
+    paths, names = list_inputs(args)
     device = select_device(args.cuda)
     decoder, config = load_decoder(args.decoder_path, args.image_resolution)
     decoder = decoder.to(device)
     resolution = args.image_resolution or decoder.resolution
     data.check_preprocessing(resolution, args.use_celeba_preprocessing)
     expected = expected_fingerprints(args, decoder.fingerprint_size)
-    paths, names, pending, record = prepare_folder(args, RECORD_FILE)
+    pending, record = open_pending(args, names, RECORD_FILE)
     crop = data.center_crop_for(resolution, args.use_celeba_preprocessing, args.center_crop)
     dataset = data.ImageFiles(args.data_dir, paths, resolution, crop)
     failures, started = [], time.time()

@@ -98,17 +98,21 @@ def embedding_resolution(args, config):
     return resolution
 
 
-def prepare_folder(args, record_file):
-    """List inputs, name outputs, open the record; returns what is left to do."""
+def list_inputs(args):
+    """The input files (relative paths) and their unique output names."""
     paths = data.list_images(args.data_dir, args.recursive)
-    names = data.output_names(paths)
+    return paths, data.output_names(paths)
+
+
+def open_pending(args, names, record_file):
+    """Open the record; returns the indices still to do and the open file."""
     os.makedirs(args.output_dir, exist_ok=True)
     done, record = open_record(os.path.join(args.output_dir, record_file), args.resume)
     done = set(done)
     pending = [index for index, name in enumerate(names) if name not in done]
     if done:
         print(f"resuming: {len(names) - len(pending)} of {len(names)} images already done")
-    return paths, names, pending, record
+    return pending, record
 
 
 def write_pngs(writers, images, paths):
@@ -118,14 +122,15 @@ def write_pngs(writers, images, paths):
 
 def embed_folder(args):
     """Fingerprint every image in args.data_dir; returns a summary dict."""
+    check_output_dir(args.data_dir, args.output_dir, args.recursive)
+    paths, names = list_inputs(args)
     device = select_device(args.cuda)
     resolution = embedding_resolution(args, load_model_config(args.encoder_path))
     encoder, config = load_encoder(args.encoder_path, resolution)
     encoder = encoder.to(device)
     decoder = load_decoder(args.decoder_path, resolution)[0].to(device) if args.check else None
     length = encoder.fingerprint_size
-    check_output_dir(args.data_dir, args.output_dir, args.recursive)
-    paths, names, pending, record = prepare_folder(args, RECORD_FILE)
+    pending, record = open_pending(args, names, RECORD_FILE)
     crop = data.center_crop_for(resolution, args.use_celeba_preprocessing, args.center_crop)
     dataset = data.ImageFiles(args.data_dir, paths, resolution, crop)
     images_dir = os.path.join(args.output_dir, IMAGE_FOLDER)

@@ -148,8 +148,10 @@ def load_checkpoint(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unsafe content"
-        raise UserError(f"{path}: refused to load, not a plain weights file ({first_line})") from None
+        if "Unsupported global" in str(error):
+            raise UserError(f"{path}: refused to load, it holds code or objects beyond plain weights "
+                            f"(only state_dicts of tensors load)") from None
+        raise UserError(f"{path}: not a PyTorch checkpoint (unreadable content)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
         raise UserError(f"{path}: not a PyTorch checkpoint ({type(error).__name__})") from None
 

@@ -1,0 +1,94 @@
+"""Training: recipes, schedule, resume, run folder, and a real end-to-end run."""
+
+import json
+import os
+
+import pytest
+import torch
+
+import detect_fingerprints
+import embed_fingerprints
+import train
+import utils
+from published_models import PublishedDecoder, PublishedEncoder
+
+
+def train_args(data_dir, output_dir, *extra):
+    return train.parse_args(["--data_dir", str(data_dir), "--output_dir", str(output_dir), "--cuda", "-1",
+                             "--num_workers", "0", *extra])
+
+
+def test_recipe_switch_sets_published_defaults(tmp_path):
+    paper = train_args(tmp_path, tmp_path, "--recipe", "paper")
+    assert (paper.lr, paper.l2_loss_await, paper.l2_loss_ramp, paper.l2_loss_weight) == (1e-4, 1000, 3000, 10)
+    assert (paper.fingerprint_length, paper.image_resolution, paper.num_epochs, paper.batch_size) == (100, 128, 20, 64)
+    assert train_args(tmp_path, tmp_path, "--fingerprint_size", "48").fingerprint_length == 48
+    assert train_args(tmp_path, tmp_path, "--recipe", "paper", "--lr", "0.01").lr == 0.01
+
+
+def test_published_l2_schedule():
+    args = train_args("x", "y", "--recipe", "paper")
+    assert train.l2_weight(5000, None, args) == 0  # never activated
+    assert train.l2_weight(1000 + 1000, 1000, args) == 0  # still awaiting
+    assert train.l2_weight(1000 + 1000 + 1500, 1000, args) == pytest.approx(5)  # half-way up the ramp
+    assert train.l2_weight(10 ** 6, 1000, args) == 10
+
+
+def final_weights(prefix):
+    return {**utils.load_checkpoint(prefix + "_encoder.pth"), **utils.load_checkpoint(prefix + "_decoder.pth")}
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path, sample_folder):
+    common = ["--image_resolution", "16", "--fingerprint_length", "4", "--batch_size", "8", "--num_holdout", "4"]
+    _, full = train.train(train_args(sample_folder, tmp_path / "full", *common, "--max_steps", "10"))
+    _, first = train.train(train_args(sample_folder, tmp_path / "cut", *common, "--max_steps", "6"))
+    final, resumed = train.train(train_args(sample_folder, tmp_path / "cut", *common, "--max_steps", "10",
+                                            "--resume"))
+    assert resumed == first and final["step"] == 10
+    weights, expected = final_weights(resumed), final_weights(full)
+    assert all(torch.equal(weights[key], expected[key]) for key in expected)
+
+
+def test_run_folder_contents(tmp_path, sample_folder):
+    args = train_args(sample_folder, tmp_path, "--image_resolution", "16", "--fingerprint_length", "4",
+                      "--batch_size", "8", "--max_steps", "4", "--log_interval", "2", "--image_interval", "2")
+    _, prefix = train.train(args)
+    assert json.load(open(tmp_path / "args.json"))["fingerprint_length"] == 4
+    metrics = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [row["step"] for row in metrics] == [2, 4]
+    assert {"bit_acc", "bce", "l2", "psnr"} <= set(metrics[0])
+    assert os.listdir(tmp_path / "logs") and sorted(os.listdir(tmp_path / "saved_images")) == ["2.png", "4.png"]
+    assert os.path.basename(prefix).startswith("stegastamp_4_")
+    config = utils.load_model_config(prefix + "_encoder.pth")
+    assert (config.encoder_output, config.resolution, config.fingerprint_length) == ("residual", 16, 4)
+    assert set(torch.load(prefix + "_optim.pth", weights_only=True)) >= {"optimizer", "step"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["fast"])
+def test_end_to_end_train_embed_detect(tmp_path, recipe):
+    from sample_images import write_sample_images
+
+    images = write_sample_images(str(tmp_path / "images"), count=256, size=48)
+    final, prefix = train.train(train_args(images, tmp_path / "run", "--image_resolution", "32",
+                                           "--fingerprint_length", "16", "--recipe", recipe,
+                                           "--max_steps", "600", "--num_holdout", "0"))
+    # Our checkpoints load into the published classes.
+    PublishedEncoder(32, 3, 16).load_state_dict(torch.load(prefix + "_encoder.pth", weights_only=True))
+    PublishedDecoder(32, 3, 16).load_state_dict(torch.load(prefix + "_decoder.pth", weights_only=True))
+
+    embed_fingerprints.embed_folder(embed_fingerprints.parse_args(
+        ["--encoder_path", prefix + "_encoder.pth", "--data_dir", images, "--output_dir", str(tmp_path / "out"),
+         "--cuda", "-1", "--num_workers", "0"]))
+    summary = detect_fingerprints.detect_folder(detect_fingerprints.parse_args(
+        ["--decoder_path", prefix + "_decoder.pth", "--data_dir", str(tmp_path / "out" / "fingerprinted_images"),
+         "--output_dir", str(tmp_path / "det"), "--cuda", "-1", "--num_workers", "0",
+         "--embedded_fingerprints", str(tmp_path / "out" / "embedded_fingerprints.txt")]))
+    embedded = open(tmp_path / "out" / "embedded_fingerprints.txt").read().splitlines()
+    detected = open(tmp_path / "det" / "detected_fingerprints.txt").read().splitlines()
+    assert [line.split()[0] for line in embedded] == sorted(os.listdir(images))
+    assert [line.split()[0] for line in detected] == [line.split()[0] for line in embedded]
+    assert all(len(line.split()[1]) == 16 for line in embedded + detected)
+    matches = sum(a == b for e, d in zip(embedded, detected) for a, b in zip(e.split()[1], d.split()[1]))
+    assert matches / (16 * len(embedded)) == pytest.approx(summary["bit_accuracy"])
+    assert summary["bit_accuracy"] >= 0.95
