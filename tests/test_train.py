@@ -60,7 +60,7 @@ def test_run_folder_contents(tmp_path, sample_folder):
     assert os.listdir(tmp_path / "logs") and sorted(os.listdir(tmp_path / "saved_images")) == ["2.png", "4.png"]
     assert os.path.basename(prefix).startswith("stegastamp_4_")
     config = utils.load_model_config(prefix + "_encoder.pth")
-    assert (config.encoder_output, config.resolution, config.fingerprint_length) == ("residual", 16, 4)
+    assert (config.centred_inputs, config.resolution, config.fingerprint_length) == (True, 16, 4)
     assert set(torch.load(prefix + "_optim.pth", weights_only=True)) >= {"optimizer", "step"}
 
 
@@ -72,7 +72,7 @@ def test_end_to_end_train_embed_detect(tmp_path, recipe):
     images = write_sample_images(str(tmp_path / "images"), count=256, size=48)
     final, prefix = train.train(train_args(images, tmp_path / "run", "--image_resolution", "32",
                                            "--fingerprint_length", "16", "--recipe", recipe,
-                                           "--max_steps", "600", "--num_holdout", "0"))
+                                           "--max_steps", "300", "--num_holdout", "0"))
     # Our checkpoints load into the published classes.
     PublishedEncoder(32, 3, 16).load_state_dict(torch.load(prefix + "_encoder.pth", weights_only=True))
     PublishedDecoder(32, 3, 16).load_state_dict(torch.load(prefix + "_decoder.pth", weights_only=True))
