@@ -16,12 +16,14 @@ import torch
 from tqdm import tqdm
 
 import data
+import evaluation
 from embed_fingerprints import add_input_arguments, list_inputs, open_pending, validate_input_arguments
-from utils import (UserError, append_lines, bit_accuracy, bits_from_logits, decode, fingerprint_line,
+from utils import (UserError, append_lines, bits_from_logits, decode, fingerprint_line,
                    format_bits, load_decoder, parse_bits, read_fingerprint_file, run_cli, select_device)
 
 RECORD_FILE = "detected_fingerprints.txt"
 ACCURACY_FILE = "bit_accuracy.csv"
+ATTRIBUTION_FILE = "attribution.csv"
 
 
 def parse_args(argv=None):
@@ -32,7 +34,13 @@ def parse_args(argv=None):
     truth.add_argument("--embedded_fingerprints", default=None,
                        help="embedded_fingerprints.txt to compare with (matched by image name)")
     truth.add_argument("--fingerprint", default=None, help="one bit string every image should carry")
+    parser.add_argument("--fpr", type=float, default=1e-6,
+                        help="false-positive rate of the 'fingerprinted' decision (binomial test; default 1e-6)")
+    parser.add_argument("--registry", default=None,
+                        help="known fingerprints ('name bits' per line): attribute each image to one, or unknown")
     args = parser.parse_args(argv)
+    if not 0 < args.fpr < 1:
+        parser.error("--fpr must be between 0 and 1")
     validate_input_arguments(parser, args)
     if args.fingerprint is not None:
         try:
@@ -67,8 +75,11 @@ def detect_folder(args):
     processed = len(pending) - len(failures)
     summary = dict(images=len(names) - skipped, processed=processed, skipped=skipped,
                    images_per_second=processed / max(seconds, 1e-9))
+    detected_path = os.path.join(args.output_dir, RECORD_FILE)
     if expected is not None:
-        summary.update(score_against(expected, os.path.join(args.output_dir, RECORD_FILE), args.output_dir))
+        summary.update(score_against(expected, detected_path, args.output_dir, args.fpr))
+    if args.registry:
+        summary.update(attribute_file(args.registry, detected_path, args.output_dir, args.fpr))
     return summary
 
 
@@ -89,22 +100,45 @@ def expected_fingerprints(args, length):
     return expected
 
 
-def score_against(expected, detected_path, output_dir):
-    """Per-image bit accuracy of the detected file vs the expected bits."""
+def score_against(expected, detected_path, output_dir, fpr):
+    """Per-image bit accuracy and detection decision of the detected file vs the expected bits."""
     detected = read_fingerprint_file(detected_path)
     rows = []
     for name, bits in detected.items():
         truth = expected if isinstance(expected, torch.Tensor) else expected.get(name)
         if truth is not None:
-            rows.append((name, bit_accuracy(bits[None], truth[None]).item(), format_bits(truth)))
+            rows.append((name, int(evaluation.matching_bits(bits, truth)), format_bits(truth)))
     if not rows:
-        raise UserError("no detected image name matches the embedded fingerprints file")
+        raise UserError("no detected image name matches the expected fingerprints")
+    length = len(rows[0][2])
+    threshold = evaluation.min_matching_bits(length, fpr)
     with open(os.path.join(output_dir, ACCURACY_FILE), "w", encoding="utf-8") as file:
-        file.write("image,bit_accuracy,expected\n")
-        file.writelines(f'"{name}",{accuracy:.6f},{bits}\n' for name, accuracy, bits in rows)
-    unmatched = len(detected) - len(rows)
-    return dict(bit_accuracy=sum(accuracy for _, accuracy, _ in rows) / len(rows), scored=len(rows),
-                unmatched=unmatched)
+        file.write("image,bit_accuracy,matching_bits,p_value,fingerprinted,expected\n")
+        file.writelines(f'"{name}",{matches / length:.6f},{matches},{evaluation.binomial_p_value(matches, length):.3e},'
+                        f'{int(matches >= threshold)},{bits}\n' for name, matches, bits in rows)
+    return dict(bit_accuracy=sum(matches for _, matches, _ in rows) / (length * len(rows)), scored=len(rows),
+                unmatched=len(detected) - len(rows), min_matching_bits=threshold,
+                detected_rate=sum(matches >= threshold for _, matches, _ in rows) / len(rows))
+
+
+def attribute_file(registry_path, detected_path, output_dir, fpr):
+    """Attribute every detected fingerprint to the registry (or 'unknown')."""
+    if not os.path.isfile(registry_path):
+        raise UserError(f"--registry {registry_path}: no such file")
+    registry = read_fingerprint_file(registry_path)
+    detected = read_fingerprint_file(detected_path)
+    if {len(bits) for bits in registry.values()} != {len(next(iter(detected.values())))}:
+        raise UserError(f"--registry {registry_path}: fingerprints of another length than the decoder's")
+    attributed, matches = evaluation.attribute(torch.stack(list(detected.values())), list(registry),
+                                               torch.stack(list(registry.values())), fpr)
+    with open(os.path.join(output_dir, ATTRIBUTION_FILE), "w", encoding="utf-8") as file:
+        file.write("image,attributed_to,matching_bits\n")
+        file.writelines(f'"{name}","{owner}",{int(count)}\n'
+                        for name, owner, count in zip(detected, attributed, matches))
+    counts = {}
+    for owner in attributed:
+        counts[owner] = counts.get(owner, 0) + 1
+    return dict(attribution=counts)
 
 
 def main(args):
@@ -117,6 +151,11 @@ def main(args):
         print(f"mean bit accuracy vs expected: {summary['bit_accuracy']:.4f} over {summary['scored']} image(s)"
               + (f" ({summary['unmatched']} without an expected fingerprint)" if summary["unmatched"] else "")
               + f"; per image: {args.output_dir}/{ACCURACY_FILE}")
+        print(f"detected as fingerprinted (>= {summary['min_matching_bits']} matching bits, FPR {args.fpr:g}): "
+              f"{summary['detected_rate']:.4f}")
+    if "attribution" in summary:
+        print("attribution: " + ", ".join(f"{owner} {count}" for owner, count in sorted(summary["attribution"].items()))
+              + f"; per image: {args.output_dir}/{ATTRIBUTION_FILE}")
 
 
 if __name__ == "__main__":

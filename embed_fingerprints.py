@@ -23,6 +23,7 @@ from utils import (UserError, append_lines, bit_accuracy, bits_from_logits, deco
                    encode, fingerprint_for, fingerprint_line, load_decoder, load_encoder, load_model_config,
                    open_record, psnr,
                    run_cli, select_device)
+from utils import TEMP_PREFIX
 
 RECORD_FILE = "embedded_fingerprints.txt"
 IMAGE_FOLDER = "fingerprinted_images"
@@ -115,6 +116,14 @@ def open_pending(args, names, record_file):
     return pending, record
 
 
+def remove_partial_files(images_dir):
+    """Delete our own half-written temp files left by a killed run."""
+    for folder, _, files in os.walk(images_dir):
+        for name in files:
+            if name.startswith(TEMP_PREFIX):
+                os.remove(os.path.join(folder, name))
+
+
 def write_pngs(writers, images, paths):
     """Write uint8 images (b c h w) in parallel; returns when all are on disk."""
     list(writers.map(data.save_png, images, paths))
@@ -131,9 +140,10 @@ def embed_folder(args):
     decoder = load_decoder(args.decoder_path, resolution)[0].to(device) if args.check else None
     length = encoder.fingerprint_size
     pending, record = open_pending(args, names, RECORD_FILE)
+    images_dir = os.path.join(args.output_dir, IMAGE_FOLDER)
+    remove_partial_files(images_dir)
     crop = data.center_crop_for(resolution, args.use_celeba_preprocessing, args.center_crop)
     dataset = data.ImageFiles(args.data_dir, paths, resolution, crop)
-    images_dir = os.path.join(args.output_dir, IMAGE_FOLDER)
     failures, accuracies, psnrs, started = [], [], [], time.time()
     with record, ThreadPoolExecutor(PNG_WRITERS) as writers, torch.no_grad():
         batches = data.image_batches(dataset, args.batch_size, args.num_workers, pending)

@@ -114,11 +114,14 @@ def select_device(cuda_index):
 
 # --- files ----------------------------------------------------------------
 
+TEMP_PREFIX = ".tmp-"
+
+
 def atomic_write(path, write):
     """Create `path` via `write(temp_path)` then rename, so readers never see half a file."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    handle, temp_path = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=os.path.splitext(path)[1])
     os.close(handle)
     try:
         write(temp_path)

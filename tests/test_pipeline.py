@@ -118,3 +118,33 @@ def test_embed_resume_after_kill_equals_uninterrupted_run(tmp_path, sample_folde
     assert record.read_bytes() == (tmp_path / "full" / "embedded_fingerprints.txt").read_bytes()
     for path in (tmp_path / "full" / "fingerprinted_images").iterdir():
         assert path.read_bytes() == (tmp_path / "cut" / "fingerprinted_images" / path.name).read_bytes()
+
+
+def test_embed_killed_with_sigkill_then_resumed_equals_uninterrupted_run(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from sample_images import write_sample_images
+
+    images = write_sample_images(str(tmp_path / "images"), count=120, size=32)
+    _, _, (encoder_path, _) = save_published_pair(tmp_path)
+    embed(images, tmp_path / "full", encoder_path, "--image_resolution", "32", "--batch_size", "4")
+    command = [sys.executable, os.path.join(os.path.dirname(os.path.dirname(__file__)), "embed_fingerprints.py"),
+               "--encoder_path", encoder_path, "--data_dir", images, "--output_dir", str(tmp_path / "cut"),
+               "--image_resolution", "32", "--batch_size", "4", "--cuda", "-1", "--num_workers", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    record = tmp_path / "cut" / "embedded_fingerprints.txt"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not record.exists() or record.read_text().count("\n") < 20):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    lines_at_kill = record.read_text().count("\n")
+    assert 20 <= lines_at_kill < 120, "the run must be killed part-way"
+    subprocess.run(command + ["--resume"], check=True, capture_output=True)
+    assert record.read_bytes() == (tmp_path / "full" / "embedded_fingerprints.txt").read_bytes()
+    for path in (tmp_path / "full" / "fingerprinted_images").iterdir():
+        assert path.read_bytes() == (tmp_path / "cut" / "fingerprinted_images" / path.name).read_bytes()
+    assert not [path for path in (tmp_path / "cut" / "fingerprinted_images").iterdir() if path.name.startswith(".tmp")]

@@ -8,6 +8,8 @@ import torch
 
 import detect_fingerprints
 import embed_fingerprints
+import evaluate
+import perturbations
 import train
 import utils
 from published_models import PublishedDecoder, PublishedEncoder
@@ -80,10 +82,14 @@ def test_end_to_end_train_embed_detect(tmp_path, recipe):
     embed_fingerprints.embed_folder(embed_fingerprints.parse_args(
         ["--encoder_path", prefix + "_encoder.pth", "--data_dir", images, "--output_dir", str(tmp_path / "out"),
          "--cuda", "-1", "--num_workers", "0"]))
+    registry = tmp_path / "registry.txt"  # the first 4 images' fingerprints, as 4 "sources"
+    registry.write_text("".join(line + "\n" for line in
+                                open(tmp_path / "out" / "embedded_fingerprints.txt").read().splitlines()[:4]))
     summary = detect_fingerprints.detect_folder(detect_fingerprints.parse_args(
         ["--decoder_path", prefix + "_decoder.pth", "--data_dir", str(tmp_path / "out" / "fingerprinted_images"),
          "--output_dir", str(tmp_path / "det"), "--cuda", "-1", "--num_workers", "0",
-         "--embedded_fingerprints", str(tmp_path / "out" / "embedded_fingerprints.txt")]))
+         "--embedded_fingerprints", str(tmp_path / "out" / "embedded_fingerprints.txt"),
+         "--registry", str(registry), "--fpr", "0.05"]))
     embedded = open(tmp_path / "out" / "embedded_fingerprints.txt").read().splitlines()
     detected = open(tmp_path / "det" / "detected_fingerprints.txt").read().splitlines()
     assert [line.split()[0] for line in embedded] == sorted(os.listdir(images))
@@ -92,3 +98,20 @@ def test_end_to_end_train_embed_detect(tmp_path, recipe):
     matches = sum(a == b for e, d in zip(embedded, detected) for a, b in zip(e.split()[1], d.split()[1]))
     assert matches / (16 * len(embedded)) == pytest.approx(summary["bit_accuracy"])
     assert summary["bit_accuracy"] >= 0.95
+    # Registered images are attributed to themselves; the others mostly to nobody.
+    attribution = [line.split(",") for line in open(tmp_path / "det" / "attribution.csv").read().splitlines()[1:]]
+    assert all(image == owner for image, owner, _ in attribution[:4])
+    assert sum(owner == '"unknown"' for _, owner, _ in attribution[4:]) / len(attribution[4:]) >= 0.8
+
+    report = evaluate.evaluate(evaluate.parse_args(
+        ["--encoder_path", prefix + "_encoder.pth", "--decoder_path", prefix + "_decoder.pth", "--data_dir", images,
+         "--output_dir", str(tmp_path / "report"), "--num_images", "64", "--fpr", "1e-3", "--cuda", "-1",
+         "--num_workers", "0"]))
+    assert report["bit_accuracy"] >= 0.95 and report["detection"]["binomial"]["tpr"] >= 0.8
+    assert report["detection"]["binomial"]["measured_fpr"] <= 0.05
+    assert report["psnr"] > 10 and 0 < report["ssim"] <= 1
+    assert {row["perturbation"] for row in report["robustness"]} == set(perturbations.PERTURBATIONS)
+    jpeg = {row["strength"]: row["bit_accuracy"] for row in report["robustness"] if row["perturbation"] == "jpeg"}
+    assert jpeg[100] > jpeg[10]
+    assert all((tmp_path / "report" / name).exists() for name in ["report.md", "report.json", "robustness.png",
+                                                                  "robustness.csv", "per_image.csv"])

