@@ -10,6 +10,7 @@ _config.json and _optim.pth (optimizer, step and schedule, for --resume).
 """
 
 import argparse
+from dataclasses import dataclass
 import glob
 import json
 import math
@@ -17,17 +18,19 @@ import os
 import time
 from datetime import datetime
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DistributedSampler
 from torchvision.utils import save_image
 from tqdm import tqdm
 
 import data
 from models import StegaStampDecoder, StegaStampEncoder, check_resolution
-from utils import (ModelConfig, UserError, bit_accuracy, bits_from_logits, decode, encode,
-                   load_checkpoint, psnr, random_bits, run_cli, atomic_write, save_checkpoint, save_model_config,
-                   select_device, write_json)
+from utils import (Distributed, ModelConfig, UserError, atomic_write, bit_accuracy, bits_from_logits,
+                   close_distributed, decode, encode, init_distributed, load_checkpoint, psnr, random_bits, run_cli,
+                   save_checkpoint, save_model_config, write_json)
 
 # Recipes: what differs between the published algorithm and ours.
 RECIPES = {
@@ -78,6 +81,8 @@ def build_parser():
     add("--checkpoint_interval", type=int, default=5000, help="steps between checkpoints (default 5000)")
     add("--image_interval", type=int, default=1000, help="steps between sample grids (default 1000)")
     add("--resume", action="store_true", help="continue the latest run in --output_dir")
+    add("--bf16", action="store_true", help="bfloat16 autocast (for CUDA; weights stay float32)")
+    add("--channels_last", action="store_true", help="channels-last memory format (faster convolutions on CUDA)")
     return parser
 
 
@@ -105,17 +110,17 @@ def parse_args(argv=None):
 
 # --- data -----------------------------------------------------------------
 
-def load_image_cache(args):
+def load_image_cache(args, context=Distributed()):
     """Decode every image once into a uint8 tensor (n c h w); report skipped files."""
     paths = data.list_images(args.data_dir, args.recursive)
     crop = data.center_crop_for(args.image_resolution, args.use_celeba_preprocessing, args.center_crop)
     dataset = data.ImageFiles(args.data_dir, paths, args.image_resolution, crop)
     images, failures = [], []
     for _, batch, failed in tqdm(data.image_batches(dataset, 256, args.num_workers), desc="reading images",
-                                 unit="batch", leave=False):
+                                 unit="batch", leave=False, disable=not context.is_main):
         images.append(batch) if len(batch) else None
         failures.extend((paths[index], reason) for index, reason in failed)
-    if failures:
+    if failures and context.is_main:
         skipped = data.record_skipped(failures, os.path.join(args.output_dir, "skipped.txt"))
         print(f"skipped {skipped} unreadable file(s), listed in {args.output_dir}/skipped.txt")
     if not images:
@@ -133,12 +138,17 @@ def split_holdout(images, num_holdout, seed):
     return images[order[num_holdout:]], images[order[:num_holdout]]
 
 
-def epoch_batches(num_images, batch_size, seed, epoch):
-    """Index batches of one epoch; the order depends only on (seed, epoch)."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(num_images, generator=generator)
-    batch_size = min(batch_size, num_images)
-    return [order[start:start + batch_size] for start in range(0, num_images - batch_size + 1, batch_size)]
+def epoch_batches(num_images, batch_size, seed, epoch, context=Distributed()):
+    """This process's index batches of one epoch (torch's DistributedSampler:
+    order from (seed, epoch), one shard per rank; one shard without torchrun)."""
+    batch_size = min(batch_size, num_images // context.world_size)
+    if batch_size < 1:
+        raise UserError(f"{num_images} training images cannot be shared by {context.world_size} processes")
+    sampler = DistributedSampler(range(num_images), num_replicas=context.world_size, rank=context.rank,
+                                 shuffle=True, seed=seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    order = torch.tensor(list(sampler))
+    return [order[start:start + batch_size] for start in range(0, len(order) - batch_size + 1, batch_size)]
 
 
 # --- the recipe -----------------------------------------------------------
@@ -177,8 +187,10 @@ def build_models(args):
 def training_step(models, optimizer, images, bits, weights, args):
     """One optimisation step; returns the batch metrics."""
     encoder, decoder, config = models
-    fingerprinted = encode(encoder, config, bits, images)
-    logits = decode(decoder, config, fingerprinted)
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=args.bf16):
+        fingerprinted = encode(encoder, config, bits, images)
+        logits = decode(decoder, config, fingerprinted)
+    fingerprinted, logits = fingerprinted.float(), logits.float()
     l2_loss = F.mse_loss(fingerprinted, images)
     bce_loss = F.binary_cross_entropy_with_logits(logits.view(-1), bits.view(-1))
     loss = weights["l2"] * l2_loss + args.BCE_loss_weight * bce_loss
@@ -210,8 +222,14 @@ def evaluate(models, images, length, device, seed, batch_size=256):
 
 # --- run folder -----------------------------------------------------------
 
-def run_name(args):
-    return f"stegastamp_{args.fingerprint_length}_{datetime.now().strftime('%d%m%Y_%H:%M:%S')}"
+def run_name(args, context):
+    """Published naming; under torchrun every rank takes rank 0's name."""
+    names = [f"stegastamp_{args.fingerprint_length}_{datetime.now().strftime('%d%m%Y_%H:%M:%S')}"]
+    if context.world_size > 1:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(names, src=0)
+    return names[0]
 
 
 def latest_run(checkpoint_dir):
@@ -257,80 +275,144 @@ def log_metrics(metrics, step, writer, metrics_path):
 
 # --- training -------------------------------------------------------------
 
-def prepare_run(args, models, optimizer):
+def prepare_run(args, models, optimizer, context):
     """Checkpoint prefix and the state to start from (fresh or resumed)."""
     checkpoint_dir = os.path.join(args.output_dir, "checkpoints")
     name = latest_run(checkpoint_dir) if args.resume else None
-    if args.resume and name is None:
+    if args.resume and name is None and context.is_main:
         print(f"--resume: no checkpoint in {checkpoint_dir}, starting a new run")
-    prefix = os.path.join(checkpoint_dir, name or run_name(args))
+    prefix = os.path.join(checkpoint_dir, name or run_name(args, context))
     state = dict(step=0, l2_activation_step=None, run=os.path.basename(prefix))
     if name is not None:
         state = restore_run_state(prefix, models, optimizer)
-        print(f"resuming {name} at step {state['step']}")
+        if context.is_main:
+            print(f"resuming {name} at step {state['step']}")
     return prefix, state
 
 
+@dataclass
+class Session:
+    """Everything one training process works with (a record, not a framework)."""
+
+    args: argparse.Namespace
+    models: tuple  # (encoder, decoder, config), unwrapped: what is saved and evaluated
+    trained: tuple  # the same, DDP-wrapped when distributed: what is trained
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    context: Distributed
+    prefix: str
+    heldout: torch.Tensor
+    writer: object = None
+    state: dict = None  # step, L2 activation step, run name: saved in _optim.pth
+
+
 def train(args):
-    """Train as `args` says; returns the final metrics and the checkpoint prefix."""
-    from torch.utils.tensorboard import SummaryWriter
+    """Train as `args` says; returns the final metrics and the checkpoint prefix.
 
-    device = select_device(args.cuda)
-    os.makedirs(args.output_dir, exist_ok=True)
-    write_json(vars(args), os.path.join(args.output_dir, "args.json"))
-    images, heldout = split_holdout(load_image_cache(args), args.num_holdout, args.seed)
-    encoder, decoder, config = build_models(args)
-    encoder, decoder = encoder.to(device), decoder.to(device)
-    models = (encoder, decoder, config)
-    optimizer = torch.optim.Adam(list(decoder.parameters()) + list(encoder.parameters()), lr=args.lr)
-    prefix, state = prepare_run(args, models, optimizer)
-
-    steps_per_epoch = len(epoch_batches(len(images), args.batch_size, args.seed, 0))
+    Under torchrun every rank trains on its own shard of each epoch (the
+    batch size is per process); rank 0 alone logs and writes files.
+    """
+    context, device = init_distributed(args.cuda)
+    if context.is_main:
+        os.makedirs(args.output_dir, exist_ok=True)
+        write_json(dict(vars(args), world_size=context.world_size), os.path.join(args.output_dir, "args.json"))
+    images, heldout = split_holdout(load_image_cache(args, context), args.num_holdout, args.seed)
+    session = start_session(args, context, device, heldout)
+    steps_per_epoch = len(epoch_batches(len(images), args.batch_size, args.seed, 0, context))
     total_steps = args.max_steps or steps_per_epoch * args.num_epochs
-    writer = SummaryWriter(os.path.join(args.output_dir, "logs"))
-    metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
+    state = session.state
     progress = tqdm(total=total_steps, initial=state["step"], desc="training", unit="step", dynamic_ncols=True,
-                    mininterval=1.0)
+                    mininterval=1.0, disable=not context.is_main)
     metrics, started = {}, time.time()
     while state["step"] < total_steps:
         epoch, offset = divmod(state["step"], steps_per_epoch)
-        for batch in epoch_batches(len(images), args.batch_size, args.seed, epoch)[offset:]:
+        for batch in epoch_batches(len(images), args.batch_size, args.seed, epoch, context)[offset:]:
             if state["step"] >= total_steps:
                 break
-            metrics = run_step(models, optimizer, images[batch], state, args, device, prefix, writer,
-                               metrics_path, heldout)
+            metrics = run_step(session, images[batch], state)
             progress.update(1)
             progress.set_postfix(bit_acc=f"{metrics['bit_acc']:.3f}", psnr=f"{metrics['psnr']:.1f}")
     progress.close()
-    save_run_state(prefix, models, optimizer, state)
     final = dict(step=state["step"], seconds=time.time() - started, **metrics)
-    if len(heldout):
-        final.update(evaluate(models, heldout, args.fingerprint_length, device, args.seed))
-    writer.close()
-    return final, prefix
+    if context.is_main:
+        save_run_state(session.prefix, session.models, session.optimizer, state)
+        if len(heldout):
+            final.update(evaluate(session.models, heldout, args.fingerprint_length, device, args.seed))
+        session.writer.close()
+    close_distributed(context)
+    return final, session.prefix
 
 
-def run_step(models, optimizer, batch_images, state, args, device, prefix, writer, metrics_path, heldout):
+def start_session(args, context, device, heldout):
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.tensorboard import SummaryWriter
+
+    encoder, decoder, config = build_models(args)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    encoder = encoder.to(device, memory_format=memory_format)
+    decoder = decoder.to(device, memory_format=memory_format)
+    models = (encoder, decoder, config)
+    trained = models
+    if context.world_size > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        trained = (DistributedDataParallel(encoder, device_ids=device_ids),
+                   DistributedDataParallel(decoder, device_ids=device_ids), config)
+    optimizer = torch.optim.Adam(list(decoder.parameters()) + list(encoder.parameters()), lr=args.lr)
+    prefix, state = prepare_run(args, models, optimizer, context)
+    writer = SummaryWriter(os.path.join(args.output_dir, "logs")) if context.is_main else None
+    return Session(args, models, trained, optimizer, device, context, prefix, heldout, writer, state)
+
+
+def run_step(session, batch_images, state):
+    args, context, device = session.args, session.context, session.device
     step = state["step"] + 1
-    generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+    # Fresh bits per step and per rank, reproducible on resume.
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([args.seed, step, context.rank])
+                                                  .generate_state(1)[0]))
     images = data.to_float(batch_images).to(device, non_blocking=True)
+    if args.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     bits = random_bits(len(images), args.fingerprint_length, generator, device)
-    for group in optimizer.param_groups:
+    for group in session.optimizer.param_groups:
         group["lr"] = learning_rate(step, args)
     weights = dict(l2=l2_weight(step, state["l2_activation_step"], args))
-    metrics, fingerprinted = training_step(models, optimizer, images, bits, weights, args)
-    if state["l2_activation_step"] is None and metrics["bit_acc"] > L2_ACTIVATION_ACCURACY:
+    metrics, fingerprinted = training_step(session.trained, session.optimizer, images, bits, weights, args)
+    # Every rank must switch the L2 loss on at the same step.
+    if state["l2_activation_step"] is None and mean_over_ranks(metrics["bit_acc"], context) > L2_ACTIVATION_ACCURACY:
         state["l2_activation_step"] = step
     state["step"] = step
+    if context.is_main:
+        write_outputs(session, state, metrics, images, fingerprinted)
+    return metrics
+
+
+def mean_over_ranks(value, context):
+    if context.world_size == 1:
+        return value
+    import torch.distributed as dist
+
+    tensor = torch.tensor([value], dtype=torch.float64, device=context_device(context))
+    dist.all_reduce(tensor)
+    return tensor.item() / context.world_size
+
+
+def context_device(context):
+    import torch.distributed as dist
+
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def write_outputs(session, state, metrics, images, fingerprinted):
+    args, step = session.args, state["step"]
     if step % args.log_interval == 0:
-        if len(heldout):
-            metrics.update(evaluate(models, heldout, args.fingerprint_length, device, args.seed))
-        log_metrics(metrics, step, writer, metrics_path)
+        if len(session.heldout):
+            metrics.update(evaluate(session.models, session.heldout, args.fingerprint_length, session.device,
+                                    args.seed))
+        log_metrics(metrics, step, session.writer, os.path.join(args.output_dir, "metrics.jsonl"))
     if step % args.image_interval == 0:
         save_samples(os.path.join(args.output_dir, "saved_images", f"{step}.png"), images, fingerprinted)
     if step % args.checkpoint_interval == 0:
-        save_run_state(prefix, models, optimizer, state)
-    return metrics
+        save_run_state(session.prefix, session.models, session.optimizer, state)
 
 
 def main(args):
