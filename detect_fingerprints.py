@@ -17,9 +17,9 @@ from tqdm import tqdm
 
 import data
 import evaluation
-from embed_fingerprints import add_input_arguments, list_inputs, open_pending, validate_input_arguments
-from utils import (UserError, append_lines, bits_from_logits, decode, fingerprint_line,
-                   format_bits, load_decoder, parse_bits, read_fingerprint_file, run_cli, select_device)
+from embed_fingerprints import add_input_arguments, finish, list_inputs, open_pending, validate_input_arguments
+from utils import (UserError, append_lines, bits_from_logits, init_distributed, decode, fingerprint_line,
+                   format_bits, load_decoder, parse_bits, read_fingerprint_file, run_cli)
 
 RECORD_FILE = "detected_fingerprints.txt"
 ACCURACY_FILE = "bit_accuracy.csv"
@@ -53,32 +53,30 @@ def parse_args(argv=None):
 def detect_folder(args):
     """Decode every image in args.data_dir; returns a summary dict."""
     paths, names = list_inputs(args)
-    device = select_device(args.cuda)
+    context, device = init_distributed(args.cuda)
     decoder, config = load_decoder(args.decoder_path, args.image_resolution)
     decoder = decoder.to(device)
     resolution = args.image_resolution or decoder.resolution
     data.check_preprocessing(resolution, args.use_celeba_preprocessing)
     expected = expected_fingerprints(args, decoder.fingerprint_size)
-    pending, record = open_pending(args, names, RECORD_FILE)
+    pending, record = open_pending(args, names, RECORD_FILE, context)
     crop = data.center_crop_for(resolution, args.use_celeba_preprocessing, args.center_crop)
     dataset = data.ImageFiles(args.data_dir, paths, resolution, crop)
     failures, started = [], time.time()
     with record, torch.no_grad():
         batches = data.image_batches(dataset, args.batch_size, args.num_workers, pending)
-        for indices, images, failed in tqdm(batches, desc="detecting", unit="batch", mininterval=1.0):
+        for indices, images, failed in tqdm(batches, desc="detecting", unit="batch", mininterval=1.0,
+                                            disable=not context.is_main):
             failures.extend((paths[index], reason) for index, reason in failed)
             if len(indices):
                 bits = bits_from_logits(decode(decoder, config, data.to_float(images).to(device))).cpu()
                 append_lines(record, [fingerprint_line(names[index], row) for index, row in zip(indices, bits)])
-    seconds = time.time() - started
-    skipped = data.record_skipped(failures, os.path.join(args.output_dir, "skipped.txt"), args.resume)
-    processed = len(pending) - len(failures)
-    summary = dict(images=len(names) - skipped, processed=processed, skipped=skipped,
-                   images_per_second=processed / max(seconds, 1e-9))
+    results = dict(failures=failures, pending=len(pending), seconds=time.time() - started)
+    summary = finish(args, context, names, RECORD_FILE, results)
     detected_path = os.path.join(args.output_dir, RECORD_FILE)
-    if expected is not None:
+    if context.is_main and expected is not None:
         summary.update(score_against(expected, detected_path, args.output_dir, args.fpr))
-    if args.registry:
+    if context.is_main and args.registry:
         summary.update(attribute_file(args.registry, detected_path, args.output_dir, args.fpr))
     return summary
 
@@ -143,6 +141,8 @@ def attribute_file(registry_path, detected_path, output_dir, fpr):
 
 def main(args):
     summary = detect_folder(args)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     line = f"detected {summary['processed']} image(s) at {summary['images_per_second']:.1f} images/s"
     if summary["skipped"]:
         line += f"; skipped {summary['skipped']} unreadable file(s), see {args.output_dir}/skipped.txt"

@@ -9,6 +9,7 @@ run continues with --resume), and out/skipped.txt for unreadable files.
 """
 
 import argparse
+import glob
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,11 +20,11 @@ from tqdm import tqdm
 
 import data
 from models import check_resolution
-from utils import (UserError, append_lines, bit_accuracy, bits_from_logits, decode, decoder_resolution,
-                   encode, fingerprint_for, fingerprint_line, load_decoder, load_encoder, load_model_config,
-                   open_record, psnr,
-                   run_cli, select_device)
-from utils import TEMP_PREFIX
+from utils import (UserError, append_lines, barrier, bit_accuracy, bits_from_logits, close_distributed,
+                   complete_lines, decode, decoder_resolution, encode, fingerprint_for, fingerprint_line, gather,
+                   init_distributed, load_decoder, load_encoder, load_model_config, merge_shards, open_record,
+                   psnr, run_cli, shard_path, TEMP_PREFIX)
+
 
 RECORD_FILE = "embedded_fingerprints.txt"
 IMAGE_FOLDER = "fingerprinted_images"
@@ -105,15 +106,46 @@ def list_inputs(args):
     return paths, data.output_names(paths)
 
 
-def open_pending(args, names, record_file):
-    """Open the record; returns the indices still to do and the open file."""
+def open_pending(args, names, record_file, context):
+    """Open this process's record; returns its share of the indices still to
+    do and the open file. Under torchrun each rank takes every
+    world_size-th pending image and appends to its own part file."""
     os.makedirs(args.output_dir, exist_ok=True)
-    done, record = open_record(os.path.join(args.output_dir, record_file), args.resume)
-    done = set(done)
+    record_path = os.path.join(args.output_dir, record_file)
+    done = set()
+    if args.resume and context.world_size > 1:
+        done.update(complete_lines(record_path))
+        for part in glob.glob(glob.escape(record_path) + ".rank*"):
+            done.update(complete_lines(part))
+    own_done, record = open_record(shard_path(record_path, context), args.resume)
+    done.update(own_done)
     pending = [index for index, name in enumerate(names) if name not in done]
-    if done:
+    if done and context.is_main:
         print(f"resuming: {len(names) - len(pending)} of {len(names)} images already done")
-    return pending, record
+    return pending[context.rank::context.world_size], record
+
+
+def finish(args, context, names, record_file, results):
+    """Gather every rank's results; rank 0 merges the part files and writes skipped.txt.
+
+    Returns the summary (the same on every rank)."""
+    gathered = gather(results, context)
+    barrier(context)
+    if context.world_size > 1 and context.is_main:
+        merge_shards(os.path.join(args.output_dir, record_file), names, args.resume)
+    failures = [failure for result in gathered for failure in result["failures"]]
+    skipped = (data.record_skipped(failures, os.path.join(args.output_dir, "skipped.txt"), args.resume)
+               if context.is_main else len(failures))
+    processed = sum(result["pending"] for result in gathered) - len(failures)
+    seconds = max(result["seconds"] for result in gathered)
+    summary = dict(images=len(names) - skipped, processed=processed, skipped=skipped,
+                   images_per_second=processed / max(seconds, 1e-9))
+    for key in ("psnr", "bit_accuracy"):
+        values = [value for result in gathered for value in result.get(key, [])]
+        if values:
+            summary[key] = sum(values) / len(values)
+    close_distributed(context)
+    return summary
 
 
 def remove_partial_files(images_dir):
@@ -133,21 +165,24 @@ def embed_folder(args):
     """Fingerprint every image in args.data_dir; returns a summary dict."""
     check_output_dir(args.data_dir, args.output_dir, args.recursive)
     paths, names = list_inputs(args)
-    device = select_device(args.cuda)
+    context, device = init_distributed(args.cuda)
     resolution = embedding_resolution(args, load_model_config(args.encoder_path))
     encoder, config = load_encoder(args.encoder_path, resolution)
     encoder = encoder.to(device)
     decoder = load_decoder(args.decoder_path, resolution)[0].to(device) if args.check else None
     length = encoder.fingerprint_size
-    pending, record = open_pending(args, names, RECORD_FILE)
+    pending, record = open_pending(args, names, RECORD_FILE, context)
     images_dir = os.path.join(args.output_dir, IMAGE_FOLDER)
-    remove_partial_files(images_dir)
+    if context.is_main:
+        remove_partial_files(images_dir)
+    barrier(context)
     crop = data.center_crop_for(resolution, args.use_celeba_preprocessing, args.center_crop)
     dataset = data.ImageFiles(args.data_dir, paths, resolution, crop)
     failures, accuracies, psnrs, started = [], [], [], time.time()
     with record, ThreadPoolExecutor(PNG_WRITERS) as writers, torch.no_grad():
         batches = data.image_batches(dataset, args.batch_size, args.num_workers, pending)
-        for indices, images, failed in tqdm(batches, desc="embedding", unit="batch", mininterval=1.0):
+        for indices, images, failed in tqdm(batches, desc="embedding", unit="batch", mininterval=1.0,
+                                            disable=not context.is_main):
             failures.extend((paths[index], reason) for index, reason in failed)
             if not len(indices):
                 continue
@@ -161,23 +196,16 @@ def embed_folder(args):
             if decoder is not None:
                 logits = decode(decoder, config, data.to_float(saved).to(device))
                 accuracies.append(bit_accuracy(bits_from_logits(logits).cpu(), fingerprints))
-    return summarize(args, names, pending, failures, psnrs, accuracies, time.time() - started)
-
-
-def summarize(args, names, pending, failures, psnrs, accuracies, seconds):
-    skipped = data.record_skipped(failures, os.path.join(args.output_dir, "skipped.txt"), args.resume)
-    processed = len(pending) - len(failures)
-    summary = dict(images=len(names) - len(failures), processed=processed, skipped=skipped,
-                   images_per_second=processed / max(seconds, 1e-9))
-    if psnrs:
-        summary["psnr"] = torch.cat(psnrs).mean().item()
-    if accuracies:
-        summary["bit_accuracy"] = torch.cat(accuracies).mean().item()
-    return summary
+    results = dict(failures=failures, pending=len(pending), seconds=time.time() - started,
+                   psnr=torch.cat(psnrs).tolist() if psnrs else [],
+                   bit_accuracy=torch.cat(accuracies).tolist() if accuracies else [])
+    return finish(args, context, names, RECORD_FILE, results)
 
 
 def main(args):
     summary = embed_folder(args)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     line = f"embedded {summary['processed']} image(s) at {summary['images_per_second']:.1f} images/s"
     if "psnr" in summary:
         line += f", PSNR {summary['psnr']:.2f} dB"

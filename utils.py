@@ -336,3 +336,47 @@ def close_distributed(context):
 
         dist.barrier()
         dist.destroy_process_group()
+
+
+def gather(value, context):
+    """[value of rank 0, value of rank 1, ...] on every rank ([value] alone)."""
+    if context.world_size == 1:
+        return [value]
+    import torch.distributed as dist
+
+    values = [None] * context.world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
+def shard_path(record_path, context):
+    """Each torchrun rank appends to its own part file; merged at the end."""
+    return record_path if context.world_size == 1 else f"{record_path}.rank{context.rank}"
+
+
+def complete_lines(path):
+    """{name: line} of the complete lines of a record file (read-only)."""
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as file:
+        content = file.read()
+    lines = content[: content.rfind("\n") + 1].splitlines(keepends=True)
+    return {line.rpartition(" ")[0]: line for line in lines if line.strip()}
+
+
+def merge_shards(record_path, names, resume):
+    """Rank 0: write the record in listing order from all part files (and the
+    record itself when resuming), then delete the parts."""
+    import glob
+
+    parts = sorted(glob.glob(glob.escape(record_path) + ".rank*"))
+    lines = complete_lines(record_path) if resume else {}
+    for part in parts:
+        lines.update(complete_lines(part))
+
+    def write(temp_path):
+        with open(temp_path, "w", encoding="utf-8") as file:
+            file.writelines(lines[name] for name in names if name in lines)
+    atomic_write(record_path, write)
+    for part in parts:
+        os.remove(part)
