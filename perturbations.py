@@ -85,3 +85,42 @@ def apply(name, images, strength):
     """Apply the perturbation `name` at `strength`."""
     function = PERTURBATIONS[name][0]
     return function(images, strength)
+
+
+# --- training-time augmentation --------------------------------------------
+
+def straight_through(function, images, strength):
+    """Forward: the real `function`; backward: identity (for JPEG)."""
+    return images + (function(images.detach(), strength) - images).detach()
+
+
+# name: strength at ramp 0 (harmless) and at full ramp; chosen uniformly in between.
+AUGMENTATIONS = {
+    "none": None,
+    "gaussian_noise": (0.0, 0.08),
+    "gaussian_blur": (1, 7),
+    "jpeg": (100, 40),
+    "center_crop": (1.0, 0.7),
+}
+
+
+def augment(images, ramp, generator):
+    """One random augmentation for the batch, its strength drawn up to
+    `ramp` (0..1) of the way to the strongest setting. Differentiable: JPEG
+    passes gradients straight through."""
+    if ramp <= 0:
+        return images
+    names = list(AUGMENTATIONS)
+    name = names[int(torch.randint(len(names), (1,), generator=generator))]
+    if name == "none":
+        return images
+    mildest, strongest = AUGMENTATIONS[name]
+    fraction = ramp * float(torch.rand((), generator=generator))
+    strength = mildest + fraction * (strongest - mildest)
+    if name == "gaussian_blur":
+        return gaussian_blur(images, 2 * round((strength - 1) / 2) + 1)
+    if name == "jpeg":
+        return straight_through(jpeg, images, round(strength))
+    if name == "gaussian_noise":
+        return gaussian_noise(images, strength, generator)
+    return center_crop(images, strength)

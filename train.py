@@ -27,6 +27,7 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 import data
+import perturbations
 from models import StegaStampDecoder, StegaStampEncoder, check_resolution
 from utils import (Distributed, ModelConfig, UserError, atomic_write, bit_accuracy, bits_from_logits,
                    close_distributed, decode, encode, init_distributed, load_checkpoint, psnr, random_bits, run_cli,
@@ -81,6 +82,9 @@ def build_parser():
     add("--checkpoint_interval", type=int, default=5000, help="steps between checkpoints (default 5000)")
     add("--image_interval", type=int, default=1000, help="steps between sample grids (default 1000)")
     add("--resume", action="store_true", help="continue the latest run in --output_dir")
+    add("--augment", action="store_true",
+        help="train through noise, blur, JPEG and crops (perturbations.py), ramped up after bits are learned")
+    add("--augment_ramp", type=int, default=2000, help="steps to reach full augmentation strength (default 2000)")
     add("--bf16", action="store_true", help="bfloat16 autocast (for CUDA; weights stay float32)")
     add("--channels_last", action="store_true", help="channels-last memory format (faster convolutions on CUDA)")
     return parser
@@ -184,12 +188,22 @@ def build_models(args):
     return encoder, decoder, config
 
 
-def training_step(models, optimizer, images, bits, weights, args):
+def augment_ramp(step, l2_activation_step, args):
+    """Augmentation strength 0..1: off until the bits are learned, then ramped."""
+    if not args.augment or l2_activation_step is None:
+        return 0.0
+    return min(1.0, (step - l2_activation_step) / args.augment_ramp)
+
+
+def training_step(models, optimizer, images, bits, weights, args, generator=None):
     """One optimisation step; returns the batch metrics."""
     encoder, decoder, config = models
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=args.bf16):
         fingerprinted = encode(encoder, config, bits, images)
-        logits = decode(decoder, config, fingerprinted)
+        seen = fingerprinted
+        if weights.get("augment"):
+            seen = perturbations.augment(fingerprinted.float().clamp(0, 1), weights["augment"], generator)
+        logits = decode(decoder, config, seen)
     fingerprinted, logits = fingerprinted.float(), logits.float()
     l2_loss = F.mse_loss(fingerprinted, images)
     bce_loss = F.binary_cross_entropy_with_logits(logits.view(-1), bits.view(-1))
@@ -270,7 +284,7 @@ def log_metrics(metrics, step, writer, metrics_path):
     for name, value in metrics.items():
         writer.add_scalar(f"train/{name}", value, step)
     with open(metrics_path, "a", encoding="utf-8") as file:
-        file.write(json.dumps(dict(step=step, **metrics)) + "\n")
+        file.write(json.dumps(dict(step=step, time=time.time(), **metrics)) + "\n")
 
 
 # --- training -------------------------------------------------------------
@@ -376,7 +390,8 @@ def run_step(session, batch_images, state):
     for group in session.optimizer.param_groups:
         group["lr"] = learning_rate(step, args)
     weights = dict(l2=l2_weight(step, state["l2_activation_step"], args))
-    metrics, fingerprinted = training_step(session.trained, session.optimizer, images, bits, weights, args)
+    weights["augment"] = augment_ramp(step, state["l2_activation_step"], args)
+    metrics, fingerprinted = training_step(session.trained, session.optimizer, images, bits, weights, args, generator)
     # Every rank must switch the L2 loss on at the same step.
     if state["l2_activation_step"] is None and mean_over_ranks(metrics["bit_acc"], context) > L2_ACTIVATION_ACCURACY:
         state["l2_activation_step"] = step

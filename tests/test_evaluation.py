@@ -88,3 +88,26 @@ def test_fid_network_loads_locally_when_installed():
     network = evaluation.load_inception()
     images = (torch.rand(2, 3, 32, 32) * 255).to(torch.uint8)
     assert evaluation.inception_features(network, images).shape == (2, 2048)
+
+
+@pytest.mark.parametrize("name", ["gaussian_noise", "gaussian_blur", "center_crop", "resize", "rotation",
+                                  "brightness", "contrast"])
+def test_differentiable_perturbations_pass_gradients(name):
+    images = torch.rand(2, 3, 32, 32, requires_grad=True)
+    strength = perturbations.PERTURBATIONS[name][1][2]
+    perturbations.apply(name, images, strength).sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+def test_training_augmentation_keeps_shape_range_and_gradients():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 32, 32, requires_grad=True)
+    straight = perturbations.straight_through(perturbations.jpeg, images, 50)
+    torch.testing.assert_close(straight, perturbations.jpeg(images.detach(), 50))  # forward: real JPEG
+    straight.sum().backward()
+    assert torch.equal(images.grad, torch.ones_like(images))  # backward: identity
+    for _ in range(20):
+        out = perturbations.augment(images, 1.0, generator)
+        assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
+        assert out.requires_grad
+    assert perturbations.augment(images, 0.0, generator) is images  # before the ramp starts: untouched

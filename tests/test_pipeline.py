@@ -148,3 +148,26 @@ def test_embed_killed_with_sigkill_then_resumed_equals_uninterrupted_run(tmp_pat
     for path in (tmp_path / "full" / "fingerprinted_images").iterdir():
         assert path.read_bytes() == (tmp_path / "cut" / "fingerprinted_images" / path.name).read_bytes()
     assert not [path for path in (tmp_path / "cut" / "fingerprinted_images").iterdir() if path.name.startswith(".tmp")]
+
+
+def test_config_file_switches_semantics_without_flags(tmp_path, sample_folder):
+    """A residual-mode checkpoint (config beside it) embeds as image + residual:
+    with a zero last layer the output is the clean image, exactly."""
+    from models import StegaStampEncoder
+
+    encoder = StegaStampEncoder(32, 3, 16)
+    torch.nn.init.zeros_(encoder.residual.weight)
+    torch.nn.init.zeros_(encoder.residual.bias)
+    prefix = str(tmp_path / "res")
+    torch.save(encoder.state_dict(), prefix + "_encoder.pth")
+    utils.save_model_config(utils.ModelConfig("residual", True, 32, 16), prefix)
+    summary = embed(sample_folder, tmp_path / "out", prefix + "_encoder.pth")  # resolution from the config
+    assert summary["psnr"] >= 99  # identical to the clean image
+    name = sorted(os.listdir(sample_folder))[0]
+    clean = data.preprocess(data.load_rgb(f"{sample_folder}/{name}"), 32).permute(1, 2, 0).numpy()
+    assert (np.asarray(Image.open(tmp_path / "out" / "fingerprinted_images" / name)) == clean).all()
+    # The same weights without the config are read the published way: sigmoid(0) = mid-grey.
+    os.remove(prefix + "_config.json")
+    embed(sample_folder, tmp_path / "published", prefix + "_encoder.pth", "--image_resolution", "32")
+    grey = np.asarray(Image.open(tmp_path / "published" / "fingerprinted_images" / name))
+    assert (grey == 128).all()
