@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 import data
 import evaluation
-from embed_fingerprints import add_input_arguments, finish, list_inputs, open_pending, validate_input_arguments
+from embed_fingerprints import (add_input_arguments, add_model_argument, finish, list_inputs, open_pending,
+                                resolve_model, validate_input_arguments)
 from utils import (UserError, append_lines, bits_from_logits, init_distributed, decode, fingerprint_line,
                    format_bits, load_decoder, parse_bits, read_fingerprint_file, run_cli)
 
@@ -29,7 +30,8 @@ ATTRIBUTION_FILE = "attribution.csv"
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_input_arguments(parser)
-    parser.add_argument("--decoder_path", required=True, help="decoder checkpoint (*_decoder.pth)")
+    parser.add_argument("--decoder_path", default=None, help="decoder checkpoint (*_decoder.pth)")
+    add_model_argument(parser)
     truth = parser.add_mutually_exclusive_group()
     truth.add_argument("--embedded_fingerprints", default=None,
                        help="embedded_fingerprints.txt to compare with (matched by image name)")
@@ -39,6 +41,7 @@ def parse_args(argv=None):
     parser.add_argument("--registry", default=None,
                         help="known fingerprints ('name bits' per line): attribute each image to one, or unknown")
     args = parser.parse_args(argv)
+    resolve_model(parser, args, need_decoder=True)
     if not 0 < args.fpr < 1:
         parser.error("--fpr must be between 0 and 1")
     validate_input_arguments(parser, args)

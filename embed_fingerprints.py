@@ -52,17 +52,50 @@ def add_input_arguments(parser):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_input_arguments(parser)
-    parser.add_argument("--encoder_path", required=True, help="encoder checkpoint (*_encoder.pth)")
+    parser.add_argument("--encoder_path", default=None, help="encoder checkpoint (*_encoder.pth)")
+    add_model_argument(parser)
     parser.add_argument("--identical_fingerprints", action="store_true",
                         help="the same fingerprint in every image (to train a GAN on)")
     parser.add_argument("--check", action="store_true",
                         help="decode the saved PNGs and report bit accuracy (needs --decoder_path)")
     parser.add_argument("--decoder_path", default=None, help="decoder checkpoint for --check")
     args = parser.parse_args(argv)
+    resolve_model(parser, args, need_encoder=True, need_decoder=args.check)
     if args.check and not args.decoder_path:
         parser.error("--check needs --decoder_path")
     validate_input_arguments(parser, args)
     return args
+
+
+SAVED_MODELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "saved_models")
+
+
+def shipped_models():
+    """Names of the encoder/decoder pairs in saved_models/."""
+    if not os.path.isdir(SAVED_MODELS):
+        return []
+    return sorted(name[: -len("_encoder.pth")] for name in os.listdir(SAVED_MODELS)
+                  if name.endswith("_encoder.pth")
+                  and os.path.exists(os.path.join(SAVED_MODELS, name.replace("_encoder.pth", "_decoder.pth"))))
+
+
+def add_model_argument(parser):
+    parser.add_argument("--model", default=None,
+                        help=f"a shipped model instead of the checkpoint paths ({', '.join(shipped_models()) or 'none'})")
+
+
+def resolve_model(parser, args, need_encoder=False, need_decoder=False):
+    """Fill the checkpoint paths from --model; insist on what is needed."""
+    if args.model:
+        if args.model not in shipped_models():
+            parser.error(f"--model {args.model}: unknown; shipped: {', '.join(shipped_models()) or 'none'}")
+        prefix = os.path.join(SAVED_MODELS, args.model)
+        args.encoder_path = getattr(args, "encoder_path", None) or prefix + "_encoder.pth"
+        args.decoder_path = getattr(args, "decoder_path", None) or prefix + "_decoder.pth"
+    if need_encoder and not args.encoder_path:
+        parser.error("give --encoder_path or --model")
+    if need_decoder and not args.decoder_path:
+        parser.error("give --decoder_path or --model")
 
 
 def validate_input_arguments(parser, args):

@@ -1,0 +1,275 @@
+"""The paper's Table-1 protocol: do GANs trained on fingerprinted images
+generate fingerprinted images?
+
+1. embed one fingerprint into every training image (--identical_fingerprints),
+2. train a DCGAN (gan.py) on the fingerprinted set and, as the control, on
+   the clean set,
+3. generate --num_generated images from each and decode them,
+4. report bit accuracy vs the embedded fingerprint, detection TPR at --fpr
+   (the control GAN's rate is the measured FPR), FID of each GAN against the
+   clean real images (if the FID extra is installed),
+5. model-level robustness (Fig. 3 right): generator weights quantised to a
+   decimal precision, and with Gaussian noise added,
+6. attribution across --num_sources GANs trained with different fingerprints.
+
+    python transferability.py --model cifar10_32 --data_dir cifar10/ --output_dir runs/transfer --gan_steps 20000
+    python transferability.py --smoke --output_dir /tmp/transfer   # minutes on CPU: plumbing only
+
+Writes report.md, report.json, model_robustness.csv and model_robustness.png.
+"""
+
+import argparse
+import copy
+import csv
+import json
+import os
+import time
+
+import torch
+
+import embed_fingerprints
+import evaluation
+import gan
+from sample_images import write_sample_images
+from utils import (bit_accuracy, bits_from_logits, decode, load_decoder, read_fingerprint_file, run_cli,
+                   select_device)
+
+QUANTISATION_DECIMALS = [None, 4, 3, 2, 1]
+WEIGHT_NOISE_STDS = [0.0, 0.01, 0.02, 0.05, 0.1, 0.2]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--output_dir", required=True)
+    add("--data_dir", default=None, help="training images (default: built-in sample photographs)")
+    add("--recursive", action="store_true")
+    add("--model", default=None, help="shipped fingerprint model (or --encoder_path/--decoder_path)")
+    add("--encoder_path", default=None)
+    add("--decoder_path", default=None)
+    add("--gan_steps", type=int, default=20000, help="default 20000")
+    add("--gan_width", type=int, default=64, help="default 64")
+    add("--num_generated", type=int, default=1000, help="images generated per GAN (default 1000)")
+    add("--num_sources", type=int, default=2, help="GANs with different fingerprints for attribution (default 2)")
+    add("--source_steps", type=int, default=None, help="GAN steps for the attribution sources (default --gan_steps)")
+    add("--fpr", type=float, default=1e-6, help="detection false-positive rate (default 1e-6)")
+    add("--fid", action="store_true", help="FID of each GAN vs the clean images (requirements-fid.txt)")
+    add("--seed", type=int, default=0)
+    add("--cuda", type=int, default=0)
+    add("--smoke", action="store_true", help="tiny everything, to check the plumbing in minutes on CPU")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.gan_steps, args.gan_width, args.num_generated, args.source_steps = 30, 8, 32, 10
+    args.source_steps = args.source_steps or args.gan_steps
+    if args.num_sources < 2:
+        parser.error("--num_sources must be >= 2")
+    embed_fingerprints.resolve_model(parser, args, need_encoder=not args.smoke, need_decoder=not args.smoke)
+    return args
+
+
+def smoke_models(args):
+    """For --smoke without a model: an untrained pair (plumbing, not quality)."""
+    from models import StegaStampDecoder, StegaStampEncoder
+
+    folder = os.path.join(args.output_dir, "smoke_model")
+    os.makedirs(folder, exist_ok=True)
+    args.encoder_path, args.decoder_path = f"{folder}/m_encoder.pth", f"{folder}/m_decoder.pth"
+    torch.manual_seed(args.seed)
+    torch.save(StegaStampEncoder(32, 3, 100).state_dict(), args.encoder_path)
+    torch.save(StegaStampDecoder(32, 3, 100).state_dict(), args.decoder_path)
+
+
+def embed_identical(args, data_dir, name, seed):
+    """Fingerprint the training set with one fingerprint; returns (folder, bits)."""
+    output = os.path.join(args.output_dir, name)
+    embed_fingerprints.embed_folder(embed_fingerprints.parse_args(
+        ["--encoder_path", args.encoder_path, "--data_dir", data_dir, "--output_dir", output,
+         "--identical_fingerprints", "--seed", str(seed), "--cuda", str(args.cuda), "--num_workers", "0",
+         *(["--recursive"] if args.recursive else []), *(["--image_resolution", "32"] if args.smoke else [])]))
+    bits = next(iter(read_fingerprint_file(os.path.join(output, "embedded_fingerprints.txt")).values()))
+    return os.path.join(output, "fingerprinted_images"), bits
+
+
+def train(args, data_dir, name, steps, resolution):
+    gan_args = gan.parse_args(["train", "--data_dir", data_dir, "--output_dir", os.path.join(args.output_dir, name),
+                               "--resolution", str(resolution), "--width", str(args.gan_width),
+                               "--steps", str(steps), "--seed", str(args.seed), "--cuda", str(args.cuda),
+                               "--recursive", "--resume"])
+    return gan.load_generator(gan.train_gan(gan_args))
+
+
+@torch.no_grad()
+def decoded_bits(decoder, config, images, device):
+    from data import to_float
+
+    return torch.cat([bits_from_logits(decode(decoder, config, to_float(images[i:i + 256]).to(device))).cpu()
+                      for i in range(0, len(images), 256)])
+
+
+def score(decoder, config, images, fingerprint, threshold, device):
+    detected = decoded_bits(decoder, config, images, device)
+    matches = evaluation.matching_bits(detected, fingerprint)
+    return dict(bit_accuracy=bit_accuracy(detected, fingerprint.expand_as(detected)).mean().item(),
+                detected_rate=(matches >= threshold).float().mean().item())
+
+
+def fid_against(real_features, network, images, device):
+    if network is None:
+        return None
+    features = torch.cat([evaluation.inception_features(network, images[i:i + 50], device).cpu()
+                          for i in range(0, len(images), 50)]).numpy()
+    return evaluation.frechet_distance(features, real_features)
+
+
+def perturbed(generator, decimals=None, noise_std=0.0, seed=0):
+    """A copy of the generator with rounded weights and/or weight noise."""
+    copy_ = copy.deepcopy(generator)
+    rng = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in copy_.parameters():
+            if decimals is not None:
+                parameter.copy_(torch.round(parameter, decimals=decimals))
+            if noise_std:
+                parameter.add_(noise_std * torch.randn(parameter.shape, generator=rng).to(parameter))
+    return copy_
+
+
+def model_robustness(args, generator, decoder, config, fingerprint, threshold, device, fid):
+    rows = []
+    settings = ([("quantisation", d, dict(decimals=d)) for d in QUANTISATION_DECIMALS]
+                + [("weight_noise", s, dict(noise_std=s)) for s in WEIGHT_NOISE_STDS])
+    for kind, strength, change in settings:
+        images = gan.generate(perturbed(generator, seed=args.seed, **change), args.num_generated, args.seed + 1,
+                              device=device)
+        row = dict(perturbation=kind, strength="none" if strength is None else strength,
+                   **score(decoder, config, images, fingerprint, threshold, device))
+        row["fid"] = fid(images)
+        rows.append(row)
+    return rows
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for axis, kind in zip(axes, ("quantisation", "weight_noise")):
+        points = [row for row in rows if row["perturbation"] == kind]
+        axis.plot(range(len(points)), [row["bit_accuracy"] for row in points], "o-")
+        axis.set_xticks(range(len(points)), [str(row["strength"]) for row in points])
+        axis.set_title(kind + (" (decimals)" if kind == "quantisation" else " (std)"))
+        axis.set_ylim(0.4, 1.02)
+        axis.axhline(0.75, color="gray", linestyle="--", linewidth=0.8)
+    axes[0].set_ylabel("bit accuracy of generated images")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def run(args):
+    started = time.time()
+    device = select_device(args.cuda)
+    os.makedirs(args.output_dir, exist_ok=True)
+    data_dir = args.data_dir or write_sample_images(os.path.join(args.output_dir, "clean_samples"),
+                                                    count=64 if args.smoke else 1024, size=64)
+    if args.smoke and not args.encoder_path:
+        smoke_models(args)
+    decoder, config = load_decoder(args.decoder_path)
+    decoder = decoder.to(device)
+    resolution = decoder.resolution
+    length = decoder.fingerprint_size
+    threshold = evaluation.min_matching_bits(length, args.fpr)
+
+    fingerprinted_dir, fingerprint = embed_identical(args, data_dir, "fingerprinted_data", args.seed)
+    generators = {"clean": train(args, data_dir, "gan_clean", args.gan_steps, resolution),
+                  "fingerprinted": train(args, fingerprinted_dir, "gan_fingerprinted", args.gan_steps, resolution)}
+    network = evaluation.load_inception().to(device) if args.fid else None
+    real_features = None
+    if network is not None:
+        real = gan.load_images(data_dir, resolution, args.recursive)[: max(args.num_generated, 1000)]
+        real_features = torch.cat([evaluation.inception_features(network, real[i:i + 50], device).cpu()
+                                   for i in range(0, len(real), 50)]).numpy()
+    fid = lambda images: fid_against(real_features, network, images, device)  # noqa: E731
+
+    table = {}
+    for name, generator in generators.items():
+        images = gan.generate(generator, args.num_generated, args.seed + 1, device=device)
+        gan.write_images(images[:64], os.path.join(args.output_dir, f"generated_{name}"))
+        table[name] = dict(**score(decoder, config, images, fingerprint, threshold, device), fid=fid(images))
+    rows = model_robustness(args, generators["fingerprinted"], decoder, config, fingerprint, threshold, device,
+                            fid if args.fid else (lambda images: None))
+    attribution = attribute_sources(args, data_dir, decoder, config, device, fingerprinted_dir, fingerprint,
+                                    generators, resolution)
+    report = dict(fingerprint_length=length, fpr=args.fpr, min_matching_bits=threshold, gan_steps=args.gan_steps,
+                  num_generated=args.num_generated, table=table, model_robustness=rows, attribution=attribution,
+                  seconds=time.time() - started, smoke=args.smoke)
+    write_report(args, report)
+    return report
+
+
+def attribute_sources(args, data_dir, decoder, config, device, fingerprinted_dir, fingerprint, generators, resolution):
+    """K fingerprinted GANs (the main one plus K-1 more) and the clean GAN:
+    closed-world (sources only) and open-world (clean GAN must be 'unknown')."""
+    sources = {"source_0": (generators["fingerprinted"], fingerprint)}
+    for k in range(1, args.num_sources):
+        folder, bits = embed_identical(args, data_dir, f"fingerprinted_data_{k}", args.seed + k)
+        sources[f"source_{k}"] = (train(args, folder, f"gan_source_{k}", args.source_steps, resolution), bits)
+    names = list(sources)
+    registry = torch.stack([bits for _, bits in sources.values()])
+    truth, attributed = [], []
+    for name, (generator, _) in [*sources.items(), ("unknown", (generators["clean"], None))]:
+        detected = decoded_bits(decoder, config, gan.generate(generator, args.num_generated, args.seed + 2,
+                                                              device=device), device)
+        owners, _ = evaluation.attribute(detected, names, registry, args.fpr)
+        attributed += owners
+        truth += [name] * len(owners)
+    closed = [i for i, name in enumerate(truth) if name != "unknown"]
+    return dict(closed_world_accuracy=evaluation.attribution_accuracy([attributed[i] for i in closed],
+                                                                      [truth[i] for i in closed]),
+                open_world_accuracy=evaluation.attribution_accuracy(attributed, truth),
+                confusion={f"{t} -> {a}": n for (t, a), n in evaluation.confusion_table(attributed, truth).items()})
+
+
+def write_report(args, report):
+    with open(os.path.join(args.output_dir, "report.json"), "w", encoding="utf-8") as file:
+        json.dump(report, file, indent=2)
+    with open(os.path.join(args.output_dir, "model_robustness.csv"), "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=list(report["model_robustness"][0]))
+        writer.writeheader()
+        writer.writerows(report["model_robustness"])
+    plot(report["model_robustness"], os.path.join(args.output_dir, "model_robustness.png"))
+    fmt = lambda value: "n/a" if value is None else f"{value:.3f}"  # noqa: E731
+    lines = ["# Transferability of fingerprints to GAN samples\n",
+             f"{'SMOKE RUN: tiny models, plumbing only. ' if args.smoke else ''}GAN steps {args.gan_steps}, "
+             f"{args.num_generated} generated images per GAN, detection at FPR {args.fpr:g} "
+             f"(>= {report['min_matching_bits']} of {report['fingerprint_length']} bits), "
+             f"{report['seconds'] / 60:.1f} min.\n",
+             "| GAN trained on | bit accuracy of generated images | detected as fingerprinted | FID vs clean data |",
+             "|---|---|---|---|"]
+    for name, row in report["table"].items():
+        lines.append(f"| {name} data | {row['bit_accuracy']:.4f} | {row['detected_rate']:.4f} | {fmt(row['fid'])} |")
+    lines += ["\n## Model perturbations\n", "![model robustness](model_robustness.png)\n",
+              "| perturbation | strength | bit accuracy | FID |", "|---|---|---|---|"]
+    lines += [f"| {row['perturbation']} | {row['strength']} | {row['bit_accuracy']:.4f} | {fmt(row['fid'])} |"
+              for row in report["model_robustness"]]
+    attribution = report["attribution"]
+    lines += ["\n## Attribution\n", f"- closed world: {attribution['closed_world_accuracy']:.4f}",
+              f"- open world (clean GAN must be unknown): {attribution['open_world_accuracy']:.4f}", "",
+              "| truth -> attributed | images |", "|---|---|"]
+    lines += [f"| {key} | {count} |" for key, count in attribution["confusion"].items()]
+    with open(os.path.join(args.output_dir, "report.md"), "w", encoding="utf-8") as file:
+        file.write("\n".join(lines) + "\n")
+
+
+def main(args):
+    report = run(args)
+    for name, row in report["table"].items():
+        print(f"GAN on {name} data: bit accuracy {row['bit_accuracy']:.4f}, detected {row['detected_rate']:.4f}"
+              + (f", FID {row['fid']:.2f}" if row["fid"] is not None else ""))
+    print(f"report: {args.output_dir}/report.md")
+
+
+if __name__ == "__main__":
+    run_cli(main, parse_args())
