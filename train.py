@@ -49,6 +49,13 @@ RECIPE_DEFAULTS = {"paper": dict(lr=1e-4, l2_loss_await=1000, l2_loss_ramp=3000)
 L2_ACTIVATION_ACCURACY = 0.9
 
 
+def default_cache_gb():
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4 / 2 ** 30, 1)
+    except (ValueError, OSError, AttributeError):
+        return 4.0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
@@ -82,6 +89,9 @@ def build_parser():
     add("--checkpoint_interval", type=int, default=5000, help="steps between checkpoints (default 5000)")
     add("--image_interval", type=int, default=1000, help="steps between sample grids (default 1000)")
     add("--resume", action="store_true", help="continue the latest run in --output_dir")
+    add("--cache_gb", type=float, default=default_cache_gb(),
+        help="decode the training images once into memory up to this size, else every epoch "
+             "(default: a quarter of RAM)")
     add("--augment", action="store_true",
         help="train through noise, blur, JPEG and crops (perturbations.py), ramped up after bits are learned")
     add("--augment_ramp", type=int, default=2000, help="steps to reach full augmentation strength (default 2000)")
@@ -114,32 +124,70 @@ def parse_args(argv=None):
 
 # --- data -----------------------------------------------------------------
 
-def load_image_cache(args, context=Distributed()):
-    """Decode every image once into a uint8 tensor (n c h w); report skipped files."""
+def image_dataset(args):
     paths = data.list_images(args.data_dir, args.recursive)
     crop = data.center_crop_for(args.image_resolution, args.use_celeba_preprocessing, args.center_crop)
-    dataset = data.ImageFiles(args.data_dir, paths, args.image_resolution, crop)
+    return data.ImageFiles(args.data_dir, paths, args.image_resolution, crop)
+
+
+def decode_images(dataset, indices, args, context, what):
+    """Decode the given images once into a uint8 tensor (n c h w); report skipped files."""
     images, failures = [], []
-    for _, batch, failed in tqdm(data.image_batches(dataset, 256, args.num_workers), desc="reading images",
+    for _, batch, failed in tqdm(data.image_batches(dataset, 256, args.num_workers, indices), desc=what,
                                  unit="batch", leave=False, disable=not context.is_main):
         images.append(batch) if len(batch) else None
-        failures.extend((paths[index], reason) for index, reason in failed)
-    if failures and context.is_main:
-        skipped = data.record_skipped(failures, os.path.join(args.output_dir, "skipped.txt"))
-        print(f"skipped {skipped} unreadable file(s), listed in {args.output_dir}/skipped.txt")
+        failures.extend((dataset.relative_paths[index], reason) for index, reason in failed)
+    report_skipped(failures, args, context)
     if not images:
-        raise UserError(f"--data_dir {args.data_dir}: none of the {len(paths)} files could be read")
+        raise UserError(f"--data_dir {args.data_dir}: none of the {len(indices)} files could be read")
     return torch.cat(images)
 
 
-def split_holdout(images, num_holdout, seed):
-    """(training, held-out) uint8 tensors; the held-out images are never trained on."""
-    if num_holdout is None:
-        num_holdout = min(500, len(images) // 100)
-    if num_holdout >= len(images):
-        raise UserError(f"--num_holdout {num_holdout} leaves no training images (found {len(images)})")
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-    return images[order[num_holdout:]], images[order[:num_holdout]]
+def report_skipped(failures, args, context):
+    if failures and context.is_main:
+        skipped = data.record_skipped(failures, os.path.join(args.output_dir, "skipped.txt"), resume=True)
+        print(f"skipped unreadable file(s), {skipped} listed in {args.output_dir}/skipped.txt")
+
+
+def training_data(args, context=Distributed()):
+    """(training source, held-out uint8 images).
+
+    Held-out images (a seeded draw) are never trained on. The training
+    images are decoded once into a uint8 tensor when that fits in
+    --cache_gb; otherwise the source is the files themselves, decoded
+    every epoch by DataLoader workers.
+    """
+    dataset = image_dataset(args)
+    count = len(dataset)
+    num_holdout = min(500, count // 100) if args.num_holdout is None else args.num_holdout
+    if num_holdout >= count:
+        raise UserError(f"--num_holdout {num_holdout} leaves no training images (found {count})")
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(args.seed))
+    heldout = (decode_images(dataset, order[:num_holdout].tolist(), args, context, "reading held-out images")
+               if num_holdout else torch.empty(0, 3, args.image_resolution, args.image_resolution, dtype=torch.uint8))
+    training = order[num_holdout:].tolist()
+    if len(training) * 3 * args.image_resolution ** 2 <= args.cache_gb * 2 ** 30:
+        return decode_images(dataset, training, args, context, "reading images"), heldout
+    if context.is_main:
+        print(f"{len(training)} images exceed --cache_gb {args.cache_gb}: decoding them every epoch")
+    return torch.utils.data.Subset(dataset, training), heldout
+
+
+def source_batches(source, args, epoch, offset, context):
+    """uint8 image batches (b c h w) of one epoch, from the cache or streamed from files."""
+    batches = epoch_batches(len(source), args.batch_size, args.seed, epoch, context)[offset:]
+    if isinstance(source, torch.Tensor):
+        yield from (source[batch] for batch in batches)
+        return
+    order = torch.cat(batches).tolist() if batches else []
+    failures = []
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(source, order), batch_size=len(batches[0]),
+                                         num_workers=args.num_workers, collate_fn=data.collate_records)
+    for _, images, failed in loader:
+        failures.extend((source.dataset.relative_paths[source.indices[order[i]]], reason) for i, reason in failed)
+        if len(images):
+            yield images
+    report_skipped(failures, args, context)
 
 
 def epoch_batches(num_images, batch_size, seed, epoch, context=Distributed()):
@@ -330,9 +378,9 @@ def train(args):
     if context.is_main:
         os.makedirs(args.output_dir, exist_ok=True)
         write_json(dict(vars(args), world_size=context.world_size), os.path.join(args.output_dir, "args.json"))
-    images, heldout = split_holdout(load_image_cache(args, context), args.num_holdout, args.seed)
+    source, heldout = training_data(args, context)
     session = start_session(args, context, device, heldout)
-    steps_per_epoch = len(epoch_batches(len(images), args.batch_size, args.seed, 0, context))
+    steps_per_epoch = len(epoch_batches(len(source), args.batch_size, args.seed, 0, context))
     total_steps = args.max_steps or steps_per_epoch * args.num_epochs
     state = session.state
     progress = tqdm(total=total_steps, initial=state["step"], desc="training", unit="step", dynamic_ncols=True,
@@ -340,10 +388,10 @@ def train(args):
     metrics, started = {}, time.time()
     while state["step"] < total_steps:
         epoch, offset = divmod(state["step"], steps_per_epoch)
-        for batch in epoch_batches(len(images), args.batch_size, args.seed, epoch, context)[offset:]:
+        for batch_images in source_batches(source, args, epoch, offset, context):
             if state["step"] >= total_steps:
                 break
-            metrics = run_step(session, images[batch], state)
+            metrics = run_step(session, batch_images, state)
             progress.update(1)
             progress.set_postfix(bit_acc=f"{metrics['bit_acc']:.3f}", psnr=f"{metrics['psnr']:.1f}")
     progress.close()

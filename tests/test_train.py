@@ -115,3 +115,12 @@ def test_end_to_end_train_embed_detect(tmp_path, recipe):
     assert jpeg[100] > jpeg[10]
     assert all((tmp_path / "report" / name).exists() for name in ["report.md", "report.json", "robustness.png",
                                                                   "robustness.csv", "per_image.csv"])
+
+
+def test_streaming_when_the_cache_would_not_fit_matches_cached_training(tmp_path, sample_folder):
+    common = ["--image_resolution", "16", "--fingerprint_length", "4", "--batch_size", "8", "--num_holdout", "4",
+              "--max_steps", "6"]
+    _, cached = train.train(train_args(sample_folder, tmp_path / "cached", *common))
+    _, streamed = train.train(train_args(sample_folder, tmp_path / "streamed", *common, "--cache_gb", "0"))
+    weights, expected = final_weights(streamed), final_weights(cached)
+    assert all(torch.allclose(weights[key], expected[key], atol=1e-6) for key in expected)
