@@ -201,8 +201,7 @@ def evaluate(args):
                   detection=detection_metrics(detected, clean_detected, fingerprints, args.fpr), fpr=args.fpr)
     if args.fid:
         network = evaluation.load_inception().to(device)
-        features = [torch.cat([evaluation.inception_features(network, images[i:i + 50], device).cpu()
-                               for i in range(0, len(images), 50)]).numpy() for images in (fingerprinted, clean)]
+        features = [evaluation.image_features(network, images, device) for images in (fingerprinted, clean)]
         report["fid_fingerprinted_vs_clean"] = evaluation.frechet_distance(*features)
     if not args.skip_robustness:
         rows = robustness_sweep(models, fingerprinted, fingerprints, args.batch_size, device)

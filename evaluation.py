@@ -136,6 +136,12 @@ def inception_features(network, images, device="cpu"):
     return features.flatten(2).mean(2) if features.ndim > 2 else features
 
 
+def image_features(network, images, device="cpu", batch_size=50):
+    """Inception features (n 2048 numpy) of uint8 images (n c h w), in batches."""
+    return torch.cat([inception_features(network, images[start:start + batch_size], device).cpu()
+                      for start in range(0, len(images), batch_size)]).numpy()
+
+
 def frechet_distance(features_a, features_b):
     """FID between two feature sets (n d numpy arrays), without scipy:
     tr(sqrt(S1 S2)) = sum of sqrt eigenvalues of sqrt(S1) S2 sqrt(S1)."""

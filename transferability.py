@@ -116,9 +116,7 @@ def score(decoder, config, images, fingerprint, threshold, device):
 def fid_against(real_features, network, images, device):
     if network is None:
         return None
-    features = torch.cat([evaluation.inception_features(network, images[i:i + 50], device).cpu()
-                          for i in range(0, len(images), 50)]).numpy()
-    return evaluation.frechet_distance(features, real_features)
+    return evaluation.frechet_distance(evaluation.image_features(network, images, device), real_features)
 
 
 def perturbed(generator, decimals=None, noise_std=0.0, seed=0):
@@ -189,8 +187,7 @@ def run(args):
     real_features = None
     if network is not None:
         real = gan.load_images(data_dir, resolution, args.recursive)[: max(args.num_generated, 1000)]
-        real_features = torch.cat([evaluation.inception_features(network, real[i:i + 50], device).cpu()
-                                   for i in range(0, len(real), 50)]).numpy()
+        real_features = evaluation.image_features(network, real, device)
     fid = lambda images: fid_against(real_features, network, images, device)  # noqa: E731
 
     table = {}
