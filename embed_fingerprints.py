@@ -123,6 +123,9 @@ def check_output_dir(data_dir, output_dir, recursive):
 
 def embedding_resolution(args, config):
     """--image_resolution, else the model's recorded one, else the decoder's."""
+    if args.image_resolution and config.resolution and args.image_resolution != config.resolution:
+        raise UserError(f"{args.encoder_path}: trained at {config.resolution}x{config.resolution}, "
+                        f"but --image_resolution is {args.image_resolution}")
     resolution = args.image_resolution or config.resolution
     if not resolution and args.decoder_path:
         resolution = decoder_resolution(args.decoder_path)

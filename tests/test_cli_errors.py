@@ -24,6 +24,8 @@ def setup(tmp_path_factory, sample_folder):
     torch.save(StegaStampDecoder(32, 3, 8).state_dict(), folder / "m_decoder.pth")
     (folder / "empty").mkdir()
     (folder / "garbage.pth").write_bytes(b"\x80\x04garbage")
+    torch.save(StegaStampEncoder(32, 3, 8).state_dict(), folder / "r_encoder.pth")
+    (folder / "r_config.json").write_text('{"resolution": 32, "fingerprint_length": 8}')
     return folder, sample_folder
 
 
@@ -46,6 +48,9 @@ def cases(folder, samples):
                                              "--output_dir", str(folder / "d")], "not a fingerprint decoder"),
         "decoder of another size": (detect + ["--data_dir", samples, "--image_resolution", "64"], "reads 32x32"),
         "fingerprint of another length": (detect + ["--data_dir", samples, "--fingerprint", "0101"], "8"),
+        "encoder of another size": (["embed_fingerprints.py", "--encoder_path", str(folder / "r_encoder.pth"),
+                                     "--data_dir", samples, "--output_dir", str(folder / "o"),
+                                     "--image_resolution", "64"], "trained at 32x32"),
         "celeba at 64": (train + ["--data_dir", samples, "--image_resolution", "64",
                                   "--use_celeba_preprocessing"], "128"),
         "not a power of two": (train + ["--data_dir", samples, "--image_resolution", "48"], "power of two"),
