@@ -111,7 +111,7 @@ def preprocess(image, resolution, center_crop=0):
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
 
 
-def center_crop_for(resolution, use_celeba_preprocessing, center_crop=0):
+def center_crop_for(use_celeba_preprocessing, center_crop=0):
     """The crop size the flags ask for (0 = shorter-side resize)."""
     return CELEBA_CROP if use_celeba_preprocessing else center_crop
 

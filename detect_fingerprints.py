@@ -63,7 +63,7 @@ def detect_folder(args):
     data.check_preprocessing(resolution, args.use_celeba_preprocessing)
     expected = expected_fingerprints(args, decoder.fingerprint_size)
     pending, record = open_pending(args, names, RECORD_FILE, context)
-    crop = data.center_crop_for(resolution, args.use_celeba_preprocessing, args.center_crop)
+    crop = data.center_crop_for(args.use_celeba_preprocessing, args.center_crop)
     dataset = data.ImageFiles(args.data_dir, paths, resolution, crop)
     failures, started = [], time.time()
     with record, torch.no_grad():

@@ -212,7 +212,7 @@ def embed_folder(args):
     if context.is_main:
         remove_partial_files(images_dir)
     barrier(context)
-    crop = data.center_crop_for(resolution, args.use_celeba_preprocessing, args.center_crop)
+    crop = data.center_crop_for(args.use_celeba_preprocessing, args.center_crop)
     dataset = data.ImageFiles(args.data_dir, paths, resolution, crop)
     failures, accuracies, psnrs, started = [], [], [], time.time()
     with record, ThreadPoolExecutor(PNG_WRITERS) as writers, torch.no_grad():

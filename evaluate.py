@@ -73,7 +73,7 @@ def load_pair(args, device):
 
 def load_images(args, resolution):
     paths = data.list_images(args.data_dir, args.recursive)[: args.num_images]
-    crop = data.center_crop_for(resolution, args.use_celeba_preprocessing, args.center_crop)
+    crop = data.center_crop_for(args.use_celeba_preprocessing, args.center_crop)
     dataset = data.ImageFiles(args.data_dir, paths, resolution, crop)
     batches = [(indices, images) for indices, images, _ in data.image_batches(dataset, 256, args.num_workers)
                if len(images)]
@@ -220,7 +220,7 @@ def evaluate(args):
 
 
 def markdown_report(report, args):
-    lines = [f"# Fingerprint evaluation\n", f"- encoder: `{args.encoder_path}`", f"- decoder: `{args.decoder_path}`",
+    lines = ["# Fingerprint evaluation\n", f"- encoder: `{args.encoder_path}`", f"- decoder: `{args.decoder_path}`",
              f"- images: {report['images']} from `{args.data_dir}` at {report['resolution']}x{report['resolution']}, "
              f"{report['fingerprint_length']} bits\n",
              "| metric | value |", "|---|---|",

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import data
-from utils import UserError, psnr  # noqa: F401  (psnr is part of this module's vocabulary)
+from utils import UserError
 
 PAPER_MATCH_FRACTION = 0.75  # the paper: fingerprinted if >= 75% of the bits match
 UNKNOWN = "unknown"

@@ -13,7 +13,6 @@ import argparse
 from dataclasses import dataclass
 import glob
 import json
-import math
 import os
 import time
 from datetime import datetime
@@ -126,7 +125,7 @@ def parse_args(argv=None):
 
 def image_dataset(args):
     paths = data.list_images(args.data_dir, args.recursive)
-    crop = data.center_crop_for(args.image_resolution, args.use_celeba_preprocessing, args.center_crop)
+    crop = data.center_crop_for(args.use_celeba_preprocessing, args.center_crop)
     return data.ImageFiles(args.data_dir, paths, args.image_resolution, crop)
 
 

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 import data
-from nasty_folder import build_nasty_folder, exif_rotated_jpeg
+from nasty_folder import build_nasty_folder
 from utils import UserError
 
 
