@@ -25,6 +25,7 @@ from utils import (UserError, append_lines, bits_from_logits, init_distributed, 
 RECORD_FILE = "detected_fingerprints.txt"
 ACCURACY_FILE = "bit_accuracy.csv"
 ATTRIBUTION_FILE = "attribution.csv"
+CONFUSION_FILE = "attribution_confusion.csv"
 
 
 def parse_args(argv=None):
@@ -80,7 +81,8 @@ def detect_folder(args):
     if context.is_main and expected is not None:
         summary.update(score_against(expected, detected_path, args.output_dir, args.fpr))
     if context.is_main and args.registry:
-        summary.update(attribute_file(args.registry, detected_path, args.output_dir, args.fpr))
+        summary.update(attribute_file(args.registry, detected_path, args.output_dir, args.fpr,
+                                      expected if isinstance(expected, dict) else None))
     return summary
 
 
@@ -122,8 +124,13 @@ def score_against(expected, detected_path, output_dir, fpr):
                 detected_rate=sum(matches >= threshold for _, matches, _ in rows) / len(rows))
 
 
-def attribute_file(registry_path, detected_path, output_dir, fpr):
-    """Attribute every detected fingerprint to the registry (or 'unknown')."""
+def attribute_file(registry_path, detected_path, output_dir, fpr, embedded=None):
+    """Attribute every detected fingerprint to the registry (or 'unknown').
+
+    With the embedding record, each image's true source is the registry entry
+    holding its embedded fingerprint ('unknown' if none): closed-world
+    accuracy (registered images only), open-world accuracy (all) and a
+    confusion table are reported too."""
     if not os.path.isfile(registry_path):
         raise UserError(f"--registry {registry_path}: no such file")
     registry = read_fingerprint_file(registry_path)
@@ -139,7 +146,24 @@ def attribute_file(registry_path, detected_path, output_dir, fpr):
     counts = {}
     for owner in attributed:
         counts[owner] = counts.get(owner, 0) + 1
-    return dict(attribution=counts)
+    summary = dict(attribution=counts)
+    if embedded is not None:
+        summary.update(attribution_scores(registry, detected, attributed, embedded, output_dir))
+    return summary
+
+
+def attribution_scores(registry, detected, attributed, embedded, output_dir):
+    owners = {format_bits(bits): name for name, bits in registry.items()}
+    truth = [owners.get(format_bits(embedded[name]), evaluation.UNKNOWN) if name in embedded else evaluation.UNKNOWN
+             for name in detected]
+    closed = [i for i, name in enumerate(truth) if name != evaluation.UNKNOWN]
+    table = evaluation.confusion_table(attributed, truth)
+    with open(os.path.join(output_dir, CONFUSION_FILE), "w", encoding="utf-8") as file:
+        file.write("true_source,attributed_to,images\n")
+        file.writelines(f'"{true}","{owner}",{count}\n' for (true, owner), count in sorted(table.items()))
+    return dict(closed_world_accuracy=evaluation.attribution_accuracy([attributed[i] for i in closed],
+                                                                      [truth[i] for i in closed]),
+                open_world_accuracy=evaluation.attribution_accuracy(attributed, truth))
 
 
 def main(args):
@@ -159,6 +183,9 @@ def main(args):
     if "attribution" in summary:
         print("attribution: " + ", ".join(f"{owner} {count}" for owner, count in sorted(summary["attribution"].items()))
               + f"; per image: {args.output_dir}/{ATTRIBUTION_FILE}")
+    if "open_world_accuracy" in summary:
+        print(f"attribution accuracy: closed world {summary['closed_world_accuracy']:.4f}, open world "
+              f"{summary['open_world_accuracy']:.4f}; confusion table: {args.output_dir}/{CONFUSION_FILE}")
 
 
 if __name__ == "__main__":

