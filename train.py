@@ -70,6 +70,8 @@ def build_parser():
     add("--image_resolution", type=int, default=128, help="power of two >= 16 (default 128)")
     add("--num_epochs", type=int, default=20, help="passes over the data (default 20)")
     add("--max_steps", type=int, default=0, help="train this many steps instead of --num_epochs (default 0 = off)")
+    add("--stop_at_bit_acc", type=float, default=0,
+        help="stop early once a logged step's training bit accuracy reaches this (default 0 = off)")
     add("--batch_size", type=int, default=64, help="images per step (default 64)")
     add("--recipe", choices=sorted(RECIPES), default="fast",
         help="'paper' = the published algorithm exactly; 'fast' (default) = converges in far fewer steps")
@@ -393,6 +395,9 @@ def train(args):
             metrics = run_step(session, batch_images, state)
             progress.update(1)
             progress.set_postfix(bit_acc=f"{metrics['bit_acc']:.3f}", psnr=f"{metrics['psnr']:.1f}")
+            if reached_target(metrics, state["step"], args, context):
+                total_steps = state["step"]
+                break
     progress.close()
     final = dict(step=state["step"], seconds=time.time() - started, **metrics)
     if context.is_main:
@@ -446,6 +451,13 @@ def run_step(session, batch_images, state):
     if context.is_main:
         write_outputs(session, state, metrics, images, fingerprinted)
     return metrics
+
+
+def reached_target(metrics, step, args, context):
+    """--stop_at_bit_acc, checked at logged steps; all ranks agree."""
+    if not args.stop_at_bit_acc or step % args.log_interval:
+        return False
+    return mean_over_ranks(metrics["bit_acc"], context) >= args.stop_at_bit_acc
 
 
 def mean_over_ranks(value, context):

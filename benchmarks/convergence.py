@@ -1,7 +1,7 @@
 """Does a recipe converge for every seed? Steps to 0.95 training bit accuracy.
 
-Trains each seed in chunks (resuming between them) and stops a seed as soon
-as a logged batch reaches --target, or at --max_steps.
+Trains each seed until a logged batch reaches --target (train.py
+--stop_at_bit_acc) or --max_steps.
 
     python benchmarks/convergence.py --data_dir cifar10/ --recursive --seeds 0 1 2 3 4 5 6 7 8 9
 """
@@ -21,18 +21,14 @@ import train  # noqa: E402
 
 def steps_to_target(args, seed, output):
     """First logged step whose batch bit accuracy is >= target, or None."""
-    for chunk_end in range(args.chunk, args.max_steps + 1, args.chunk):
-        train.train(train.parse_args([
-            "--data_dir", args.data_dir, "--output_dir", output, "--recipe", args.recipe, "--seed", str(seed),
-            "--image_resolution", str(args.image_resolution), "--fingerprint_length", str(args.fingerprint_length),
-            "--batch_size", "64", "--max_steps", str(chunk_end), "--log_interval", str(args.log_interval),
-            "--num_holdout", "0", "--cuda", "-1", "--resume", "--image_interval", str(10 ** 9),
-            "--checkpoint_interval", str(10 ** 9), *(["--recursive"] if args.recursive else [])]))
-        rows = [json.loads(line) for line in open(os.path.join(output, "metrics.jsonl"))]
-        reached = [row["step"] for row in rows if row["bit_acc"] >= args.target]
-        if reached:
-            return reached[0]
-    return None
+    final, _ = train.train(train.parse_args([
+        "--data_dir", args.data_dir, "--output_dir", output, "--recipe", args.recipe, "--seed", str(seed),
+        "--image_resolution", str(args.image_resolution), "--fingerprint_length", str(args.fingerprint_length),
+        "--batch_size", "64", "--max_steps", str(args.max_steps), "--log_interval", str(args.log_interval),
+        "--stop_at_bit_acc", str(args.target), "--num_holdout", "0", "--cuda", "-1",
+        "--image_interval", str(10 ** 9), "--checkpoint_interval", str(10 ** 9),
+        *(["--recursive"] if args.recursive else [])]))
+    return final["step"] if final["bit_acc"] >= args.target else None
 
 
 def main():
@@ -43,7 +39,6 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--target", type=float, default=0.95)
     parser.add_argument("--max_steps", type=int, default=2000)
-    parser.add_argument("--chunk", type=int, default=200)
     parser.add_argument("--log_interval", type=int, default=25)
     parser.add_argument("--image_resolution", type=int, default=32)
     parser.add_argument("--fingerprint_length", type=int, default=100)

@@ -126,3 +126,12 @@ def test_streaming_when_the_cache_would_not_fit_matches_cached_training(tmp_path
     _, streamed = train.train(train_args(sample_folder, tmp_path / "streamed", *common, "--cache_gb", "0"))
     weights, expected = final_weights(streamed), final_weights(cached)
     assert all(torch.allclose(weights[key], expected[key], atol=1e-6) for key in expected)
+
+
+def test_stop_at_bit_acc_ends_training_at_the_first_logged_step_that_reaches_it(tmp_path, sample_folder):
+    common = ["--image_resolution", "16", "--fingerprint_length", "4", "--batch_size", "8", "--num_holdout", "0",
+              "--max_steps", "10", "--log_interval", "4"]
+    final, _ = train.train(train_args(sample_folder, tmp_path / "early", *common, "--stop_at_bit_acc", "0.01"))
+    assert final["step"] == 4  # the first logged step; any batch accuracy passes 0.01
+    final, _ = train.train(train_args(sample_folder, tmp_path / "never", *common, "--stop_at_bit_acc", "1.01"))
+    assert final["step"] == 10
