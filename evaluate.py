@@ -142,16 +142,30 @@ def robustness_sweep(models, fingerprinted, fingerprints, batch_size, device):
 
 
 def working_ranges(rows):
-    """Per perturbation: the strongest setting reached, in order, with accuracy >= 0.75."""
+    """Per perturbation: the strongest setting with accuracy >= 0.75, walking away from the
+    identity setting (the first strength) and stopping at the first failure. Two-sided
+    perturbations (brightness, contrast) get [lowest, highest], one walk per side."""
     ranges = {}
-    for name in perturbations.PERTURBATIONS:
-        reached = None
-        for row in (row for row in rows if row["perturbation"] == name):
-            if row["bit_accuracy"] < WORKING_RANGE_ACCURACY:
-                break
-            reached = row["strength"]
-        ranges[name] = reached
+    for name, (_, strengths, _) in perturbations.PERTURBATIONS.items():
+        accuracy = {row["strength"]: row["bit_accuracy"] for row in rows if row["perturbation"] == name}
+        identity = strengths[0]
+        sides = [[s for s in strengths if s < identity], [s for s in strengths if s > identity]]
+        reached = [strongest_working(accuracy, [identity] + side) for side in sides if side]
+        ranges[name] = reached if len(reached) == 2 else reached[0]
     return ranges
+
+
+def strongest_working(accuracy, walk):
+    reached = None
+    for strength in walk:
+        if accuracy[strength] < WORKING_RANGE_ACCURACY:
+            break
+        reached = strength
+    return reached
+
+
+def is_two_sided(strengths):
+    return min(strengths) < strengths[0] < max(strengths)
 
 
 def plot_robustness(rows, path):
@@ -164,6 +178,8 @@ def plot_robustness(rows, path):
     figure, axes = plt.subplots(2, (len(names) + 1) // 2, figsize=(3.2 * ((len(names) + 1) // 2), 6))
     for axis, name in zip(axes.flat, names):
         points = [row for row in rows if row["perturbation"] == name]
+        if is_two_sided(perturbations.PERTURBATIONS[name][1]):
+            points.sort(key=lambda row: row["strength"])
         axis.plot(range(len(points)), [row["bit_accuracy"] for row in points], "o-")
         axis.set_xticks(range(len(points)), [str(row["strength"]) for row in points], fontsize=7)
         axis.axhline(WORKING_RANGE_ACCURACY, color="gray", linestyle="--", linewidth=0.8)
@@ -239,8 +255,14 @@ def markdown_report(report, args):
         lines += [f"| {row['perturbation']} | {row['strength']} | {row['bit_accuracy']:.4f} |"
                   for row in report["robustness"]]
         lines += ["\nWorking ranges (strongest setting with bit accuracy >= 0.75):\n"]
-        lines += [f"- {name}: {value}" for name, value in report["working_ranges"].items()]
+        lines += [f"- {name}: {format_range(value)}" for name, value in report["working_ranges"].items()]
     return "\n".join(lines) + "\n"
+
+
+def format_range(value):
+    if isinstance(value, list):
+        return "none" if None in value else f"{value[0]} to {value[1]}"
+    return "none" if value is None else str(value)
 
 
 def main(args):

@@ -68,7 +68,7 @@ def contrast(images, factor):
     return TF.adjust_contrast(images, factor)
 
 
-# name: (function, strengths from mildest to strongest, strength label)
+# name: (function, strengths: the identity first, then mildest to strongest on each side, strength label)
 PERTURBATIONS = {
     "gaussian_noise": (gaussian_noise, [0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2], "std"),
     "gaussian_blur": (gaussian_blur, [1, 3, 5, 7, 9, 11], "kernel size"),

@@ -72,6 +72,21 @@ def test_perturbations_keep_shape_range_and_mildest_is_identity(name):
         torch.testing.assert_close(mildest, images, atol=tolerance, rtol=0)
 
 
+def test_working_ranges_stop_at_the_first_failure_on_each_side_of_the_identity():
+    import evaluate
+
+    accuracy = {"jpeg": {100: 0.99, 90: 0.9, 70: 0.6, 50: 0.8},  # 50 passes again but the walk stopped at 70
+                "brightness": {1.0: 0.99, 1.2: 0.9, 1.5: 0.7, 2.0: 0.8, 0.8: 0.95, 0.5: 0.76}}
+    rows = [dict(perturbation=name, strength=strength, bit_accuracy=accuracy.get(name, {}).get(strength, 0.99))
+            for name, (_, strengths, _) in perturbations.PERTURBATIONS.items() for strength in strengths]
+    ranges = evaluate.working_ranges(rows)
+    assert ranges["jpeg"] == 90
+    assert ranges["brightness"] == [0.5, 1.2]  # the darkening side is walked even though brightening failed
+    assert ranges["contrast"] == [0.5, 2.0]
+    assert ranges["gaussian_noise"] == 0.2
+    assert evaluate.format_range(ranges["brightness"]) == "0.5 to 1.2"
+
+
 def test_frechet_distance_hand_values():
     rng = np.random.default_rng(0)
     features = rng.normal(size=(400, 4))
