@@ -7,7 +7,6 @@ Trains each seed until a logged batch reaches --target (train.py
 """
 
 import argparse
-import json
 import os
 import sys
 import tempfile
