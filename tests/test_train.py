@@ -55,7 +55,9 @@ def test_run_folder_contents(tmp_path, sample_folder):
     args = train_args(sample_folder, tmp_path, "--image_resolution", "16", "--fingerprint_length", "4",
                       "--batch_size", "8", "--max_steps", "4", "--log_interval", "2", "--image_interval", "2")
     _, prefix = train.train(args)
-    assert json.load(open(tmp_path / "args.json"))["fingerprint_length"] == 4
+    recorded = json.load(open(tmp_path / "args.json"))
+    assert recorded["fingerprint_length"] == 4
+    assert recorded["channels_last"] is True  # the CPU default, resolved and recorded
     metrics = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [row["step"] for row in metrics] == [2, 4]
     assert {"bit_acc", "bce", "l2", "psnr"} <= set(metrics[0])
