@@ -26,6 +26,15 @@ def test_recipe_switch_sets_published_defaults(tmp_path):
     assert (paper.fingerprint_length, paper.image_resolution, paper.num_epochs, paper.batch_size) == (100, 128, 20, 64)
     assert train_args(tmp_path, tmp_path, "--fingerprint_size", "48").fingerprint_length == 48
     assert train_args(tmp_path, tmp_path, "--recipe", "paper", "--lr", "0.01").lr == 0.01
+    assert (paper.lr_tail, train_args(tmp_path, tmp_path).lr_tail) == (0, 0.1)
+
+
+def test_learning_rate_schedules():
+    paper, fast = train_args("x", "y", "--recipe", "paper"), train_args("x", "y")
+    assert [train.learning_rate(step, 1000, paper) for step in (1, 500, 1000)] == [1e-4] * 3
+    assert train.learning_rate(50, 1000, fast) == pytest.approx(1.5e-4)  # warm-up
+    assert train.learning_rate(900, 1000, fast) == pytest.approx(3e-4)
+    assert train.learning_rate(901, 1000, fast) == pytest.approx(1e-4)  # the last 10 %
 
 
 def test_published_l2_schedule():
@@ -41,7 +50,9 @@ def final_weights(prefix):
 
 
 def test_resume_continues_exactly_where_it_stopped(tmp_path, sample_folder):
-    common = ["--image_resolution", "16", "--fingerprint_length", "4", "--batch_size", "8", "--num_holdout", "4"]
+    # No lr tail: where it starts depends on --max_steps, which this test changes.
+    common = ["--image_resolution", "16", "--fingerprint_length", "4", "--batch_size", "8", "--num_holdout", "4",
+              "--lr_tail", "0"]
     _, full = train.train(train_args(sample_folder, tmp_path / "full", *common, "--max_steps", "10"))
     _, first = train.train(train_args(sample_folder, tmp_path / "cut", *common, "--max_steps", "6"))
     final, resumed = train.train(train_args(sample_folder, tmp_path / "cut", *common, "--max_steps", "10",
