@@ -102,7 +102,8 @@ def summarise(results):
     print(f"\n{'recipe':8s} {'seed':>4s} {'to 0.95':>8s} {'to quality':>11s} {'held-out acc':>13s} "
           f"{'PSNR':>7s} {'PSNR@0.99':>10s} {'steps/s':>8s} {'bf16':>5s}")
     for row in results:
-        cells = [str(row[k]) if row[k] is not None else f">{row['steps']}" for k in ("steps_to_095", "steps_to_quality")]
+        cells = [str(row[k]) if row[k] is not None else f">{row['steps']}"
+                 for k in ("steps_to_095", "steps_to_quality")]
         at99 = f"{row['psnr_when_099']:.2f}" if row["psnr_when_099"] is not None else "-"
         print(f"{row['recipe']:8s} {row['seed']:4d} {cells[0]:>8s} {cells[1]:>11s} {row['heldout_bit_acc']:13.4f} "
               f"{row['heldout_psnr']:7.2f} {at99:>10s} {row['steps_per_second']:8.2f} {str(row['bf16']):>5s}")
