@@ -45,6 +45,11 @@ def test_published_l2_schedule():
     assert train.l2_weight(10 ** 6, 1000, args) == 10
 
 
+def test_bf16_on_cpu_refuses_16x16(tmp_path, sample_folder):
+    with pytest.raises(utils.UserError, match="--image_resolution >= 32"):
+        train.train(train_args(sample_folder, tmp_path, "--image_resolution", "16", "--bf16", "--max_steps", "1"))
+
+
 def final_weights(prefix):
     return {**utils.load_checkpoint(prefix + "_encoder.pth"), **utils.load_checkpoint(prefix + "_decoder.pth")}
 
