@@ -7,6 +7,7 @@ encode/decode) are differentiable.
 """
 
 import io
+import math
 
 import numpy as np
 import torch
@@ -89,12 +90,70 @@ def apply(name, images, strength):
 
 # --- training-time augmentation --------------------------------------------
 
-def straight_through(function, images, strength):
-    """Forward: the real `function`; backward: identity (for JPEG)."""
-    return images + (function(images.detach(), strength) - images).detach()
+# The standard (IJG) luminance and chrominance quantisation tables at quality 50.
+LUMA_TABLE = torch.tensor([
+    [16, 11, 10, 16, 24, 40, 51, 61], [12, 12, 14, 19, 26, 58, 60, 55], [14, 13, 16, 24, 40, 57, 69, 56],
+    [14, 17, 22, 29, 51, 87, 80, 62], [18, 22, 37, 56, 68, 109, 103, 77], [24, 35, 55, 64, 81, 104, 113, 92],
+    [49, 64, 78, 87, 103, 121, 120, 101], [72, 92, 95, 98, 112, 100, 103, 99]], dtype=torch.float32)
+CHROMA_TABLE = torch.full((8, 8), 99.0)
+CHROMA_TABLE[:4, :4] = torch.tensor([[17, 18, 24, 47], [18, 21, 26, 66], [24, 26, 56, 99], [47, 66, 99, 99]])
+RGB_TO_YCBCR = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 
 
-# name: strength at ramp 0 (harmless) and at full ramp; chosen uniformly in between.
+def quantisation_table(table, quality):
+    """IJG scaling of a quality-50 table to `quality` (as libjpeg/Pillow do)."""
+    scale = 5000 / quality if quality < 50 else 200 - 2 * quality
+    return torch.clamp(torch.floor((table * scale + 50) / 100), 1, 255)
+
+
+def dct_matrix(size=8):
+    """Orthonormal DCT-II matrix: coefficients = D @ block @ D.T."""
+    k, n = torch.arange(size).unsqueeze(1).float(), torch.arange(size).float()
+    matrix = torch.cos(math.pi * (2 * n + 1) * k / (2 * size)) * math.sqrt(2 / size)
+    matrix[0] /= math.sqrt(2)
+    return matrix
+
+
+def soft_round(x):
+    """Rounding that keeps a gradient: coefficients under half a step shrink
+    as x**3 (JPEG zeroes them), larger ones pass through (StegaStamp's
+    approximation)."""
+    return torch.where(x.abs() < 0.5, x ** 3, x)
+
+
+def quantise_blocks(plane, table):
+    """8x8 block DCT of a (b h w) plane in 0..255, soft-quantised by `table`, and back."""
+    b, h, w = plane.shape
+    dct = dct_matrix().to(plane)
+    blocks = (plane - 128).reshape(b, h // 8, 8, w // 8, 8).transpose(2, 3)
+    coefficients = dct @ blocks @ dct.T
+    restored = dct.T @ (soft_round(coefficients / table) * table) @ dct
+    return restored.transpose(2, 3).reshape(b, h, w) + 128
+
+
+def jpeg_approximation(images, quality):
+    """Differentiable stand-in for `jpeg`: YCbCr, 4:2:0 chroma, 8x8 DCT and
+    soft quantisation with the tables libjpeg uses at `quality`."""
+    h, w = images.shape[-2:]
+    padded = F.pad(images, (0, -w % 16, 0, -h % 16), mode="replicate")
+    ycbcr = torch.einsum("ij,bjhw->bihw", RGB_TO_YCBCR.to(images), padded * 255)
+    luma = quantise_blocks(ycbcr[:, 0], quantisation_table(LUMA_TABLE, quality).to(images))
+    chroma = F.avg_pool2d(ycbcr[:, 1:], 2)
+    chroma_table = quantisation_table(CHROMA_TABLE, quality).to(images)
+    chroma = torch.stack([quantise_blocks(chroma[:, i] + 128, chroma_table) - 128 for i in range(2)], 1)
+    chroma = F.interpolate(chroma, scale_factor=2, mode="bilinear", align_corners=False)
+    rgb = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(RGB_TO_YCBCR).to(images),
+                       torch.cat([luma.unsqueeze(1), chroma], 1))
+    return (rgb / 255).clamp(0, 1)[..., :h, :w]
+
+
+def jpeg_with_gradient(images, quality):
+    """Forward: real Pillow JPEG; backward: through `jpeg_approximation`."""
+    approximation = jpeg_approximation(images, quality)
+    return approximation + (jpeg(images.detach(), quality) - approximation).detach()
+
+
+# name: strength at ramp 0 (harmless) and at full ramp.
 AUGMENTATIONS = {
     "none": None,
     "gaussian_noise": (0.0, 0.08),
@@ -105,22 +164,29 @@ AUGMENTATIONS = {
 
 
 def augment(images, ramp, generator):
-    """One random augmentation for the batch, its strength drawn up to
-    `ramp` (0..1) of the way to the strongest setting. Differentiable: JPEG
-    passes gradients straight through."""
+    """Each augmentation (and none) on its own slice of the batch, in a
+    random order, so that every step trains against all of them.
+    Differentiable: JPEG is real in the forward pass, approximated in the
+    backward pass."""
     if ramp <= 0:
         return images
-    names = list(AUGMENTATIONS)
-    name = names[int(torch.randint(len(names), (1,), generator=generator))]
+    names = [list(AUGMENTATIONS)[i] for i in torch.randperm(len(AUGMENTATIONS), generator=generator)]
+    slices = images.chunk(len(names))
+    return torch.cat([augment_slice(part, name, ramp, generator) for part, name in zip(slices, names)])
+
+
+def augment_slice(images, name, ramp, generator):
+    """`name` at a strength drawn up to `ramp` (0..1) of the way to its
+    strongest setting, favouring the strong end."""
     if name == "none":
         return images
     mildest, strongest = AUGMENTATIONS[name]
-    fraction = ramp * float(torch.rand((), generator=generator))
+    fraction = ramp * float(torch.rand((), generator=generator)) ** 0.5  # sqrt: strong settings come up more
     strength = mildest + fraction * (strongest - mildest)
     if name == "gaussian_blur":
         return gaussian_blur(images, 2 * round((strength - 1) / 2) + 1)
     if name == "jpeg":
-        return straight_through(jpeg, images, round(strength))
+        return jpeg_with_gradient(images, round(strength))
     if name == "gaussian_noise":
         return gaussian_noise(images, strength, generator)
     return center_crop(images, strength)

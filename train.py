@@ -48,6 +48,12 @@ RECIPE_DEFAULTS = {"paper": dict(lr=1e-4, lr_tail=0.0, l2_loss_await=1000, l2_lo
                    "fast": dict(lr=3e-4, lr_tail=0.1, l2_loss_await=0, l2_loss_ramp=1000, l2_loss_weight=40)}
 LR_TAIL_FACTOR = 1 / 3  # the learning rate in the tail, relative to --lr
 L2_ACTIVATION_ACCURACY = 0.9
+# --target_psnr: per step, log(L2 weight multiplier) moves by this much per dB
+# the batch PSNR is below (up) or above (down) the target, within the range.
+L2_SCALE_RATE = 0.001
+L2_SCALE_RANGE = (0.1, 100.0)
+# Without a target, robust training settles far below 30 dB (24.8 dB measured).
+AUGMENT_TARGET_PSNR = 31.0
 
 
 def default_cache_gb():
@@ -100,6 +106,9 @@ def build_parser():
     add("--augment", action="store_true",
         help="train through noise, blur, JPEG and crops (perturbations.py), ramped up after bits are learned")
     add("--augment_ramp", type=int, default=2000, help="steps to reach full augmentation strength (default 2000)")
+    add("--target_psnr", type=float, default=None,
+        help="once the L2 ramp is done, scale the L2 weight up or down to hold the training PSNR at this "
+             f"many dB (default {AUGMENT_TARGET_PSNR:g} with --augment, else 0 = off)")
     add("--bf16", action="store_true",
         help="bfloat16 autocast, weights stay float32 (CUDA; on CPUs with AMX units measured 2x faster)")
     add("--channels_last", action=argparse.BooleanOptionalAction, default=None,
@@ -128,6 +137,8 @@ def parse_args(argv=None):
         parser.error("--lr_tail must be in [0, 1)")
     if args.num_workers is None:
         args.num_workers = data.default_num_workers()
+    if args.target_psnr is None:
+        args.target_psnr = AUGMENT_TARGET_PSNR if args.augment else 0.0
     return args
 
 
@@ -221,6 +232,13 @@ def l2_weight(step, l2_activation_step, args):
     steps_since = step - l2_activation_step
     return min(max(0.0, args.l2_loss_weight * (steps_since - args.l2_loss_await) / args.l2_loss_ramp),
                args.l2_loss_weight)
+
+
+def adapt_l2_scale(scale, batch_psnr, args):
+    """--target_psnr: raise the L2 weight multiplier while the PSNR is below
+    the target, lower it while above."""
+    scale *= float(np.exp(L2_SCALE_RATE * (args.target_psnr - batch_psnr)))
+    return min(max(scale, L2_SCALE_RANGE[0]), L2_SCALE_RANGE[1])
 
 
 def learning_rate(step, total_steps, args):
@@ -333,6 +351,7 @@ def restore_run_state(prefix, models, optimizer):
     decoder.load_state_dict(load_checkpoint(prefix + "_decoder.pth"))
     state = load_checkpoint(prefix + "_optim.pth")
     optimizer.load_state_dict(state.pop("optimizer"))
+    state.setdefault("l2_scale", 1.0)  # runs saved before --target_psnr
     return state
 
 
@@ -359,7 +378,7 @@ def prepare_run(args, models, optimizer, context):
     if args.resume and name is None and context.is_main:
         print(f"--resume: no checkpoint in {checkpoint_dir}, starting a new run")
     prefix = os.path.join(checkpoint_dir, name or run_name(args, context))
-    state = dict(step=0, l2_activation_step=None, run=os.path.basename(prefix))
+    state = dict(step=0, l2_activation_step=None, l2_scale=1.0, run=os.path.basename(prefix))
     if name is not None:
         state = restore_run_state(prefix, models, optimizer)
         if context.is_main:
@@ -381,7 +400,7 @@ class Session:
     heldout: torch.Tensor
     total_steps: int
     writer: object = None
-    state: dict = None  # step, L2 activation step, run name: saved in _optim.pth
+    state: dict = None  # step, L2 activation step and scale, run name: saved in _optim.pth
 
 
 def train(args):
@@ -462,12 +481,15 @@ def run_step(session, batch_images, state):
     bits = random_bits(len(images), args.fingerprint_length, generator, device)
     for group in session.optimizer.param_groups:
         group["lr"] = learning_rate(step, session.total_steps, args)
-    weights = dict(l2=l2_weight(step, state["l2_activation_step"], args))
+    base_l2 = l2_weight(step, state["l2_activation_step"], args)
+    weights = dict(l2=base_l2 * state["l2_scale"])
     weights["augment"] = augment_ramp(step, state["l2_activation_step"], args)
     metrics, fingerprinted = training_step(session.trained, session.optimizer, images, bits, weights, args, generator)
     # Every rank must switch the L2 loss on at the same step.
     if state["l2_activation_step"] is None and mean_over_ranks(metrics["bit_acc"], context) > L2_ACTIVATION_ACCURACY:
         state["l2_activation_step"] = step
+    if args.target_psnr and base_l2 >= args.l2_loss_weight:
+        state["l2_scale"] = adapt_l2_scale(state["l2_scale"], mean_over_ranks(metrics["psnr"], context), args)
     state["step"] = step
     if context.is_main:
         write_outputs(session, state, metrics, images, fingerprinted)

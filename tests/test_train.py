@@ -27,6 +27,8 @@ def test_recipe_switch_sets_published_defaults(tmp_path):
     assert train_args(tmp_path, tmp_path, "--fingerprint_size", "48").fingerprint_length == 48
     assert train_args(tmp_path, tmp_path, "--recipe", "paper", "--lr", "0.01").lr == 0.01
     assert (paper.lr_tail, train_args(tmp_path, tmp_path).lr_tail) == (0, 0.1)
+    robust = train_args(tmp_path, tmp_path, "--augment")
+    assert (train_args(tmp_path, tmp_path).target_psnr, robust.target_psnr) == (0, 31)
 
 
 def test_learning_rate_schedules():
@@ -43,6 +45,23 @@ def test_published_l2_schedule():
     assert train.l2_weight(1000 + 1000, 1000, args) == 0  # still awaiting
     assert train.l2_weight(1000 + 1000 + 1500, 1000, args) == pytest.approx(5)  # half-way up the ramp
     assert train.l2_weight(10 ** 6, 1000, args) == 10
+
+
+def test_target_psnr_scales_the_l2_weight_towards_the_target():
+    args = train_args("x", "y", "--target_psnr", "30")
+    assert train.adapt_l2_scale(1.0, 25.0, args) > 1.0 > train.adapt_l2_scale(1.0, 35.0, args)
+    assert train.adapt_l2_scale(2.0, 30.0, args) == 2.0
+    assert train.adapt_l2_scale(100.0, 0.0, args) == 100.0 and train.adapt_l2_scale(0.1, 60.0, args) == 0.1
+
+
+def test_target_psnr_raises_the_l2_weight_of_a_run_below_it(tmp_path, sample_folder, monkeypatch):
+    monkeypatch.setattr(train, "L2_ACTIVATION_ACCURACY", 0.0)  # the L2 ramp starts at step 1
+    common = ["--image_resolution", "16", "--fingerprint_length", "4", "--batch_size", "8", "--num_holdout", "0",
+              "--max_steps", "20", "--log_interval", "20", "--l2_loss_ramp", "1", "--l2_loss_weight", "1"]
+    train.train(train_args(sample_folder, tmp_path / "held", *common, "--target_psnr", "80"))
+    train.train(train_args(sample_folder, tmp_path / "free", *common))
+    held, free = (json.loads(open(tmp_path / run / "metrics.jsonl").readline()) for run in ("held", "free"))
+    assert free["l2_weight"] == 1 and held["l2_weight"] > 2  # 80 dB is out of reach: the weight only rises
 
 
 def test_bf16_on_cpu_refuses_16x16(tmp_path, sample_folder):
