@@ -98,6 +98,7 @@ LUMA_TABLE = torch.tensor([
 CHROMA_TABLE = torch.full((8, 8), 99.0)
 CHROMA_TABLE[:4, :4] = torch.tensor([[17, 18, 24, 47], [18, 21, 26, 66], [24, 26, 56, 99], [47, 66, 99, 99]])
 RGB_TO_YCBCR = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+YCBCR_TO_RGB = torch.linalg.inv(RGB_TO_YCBCR)
 
 
 def quantisation_table(table, quality):
@@ -121,14 +122,14 @@ def soft_round(x):
     return torch.where(x.abs() < 0.5, x ** 3, x)
 
 
-def quantise_blocks(plane, table):
-    """8x8 block DCT of a (b h w) plane in 0..255, soft-quantised by `table`, and back."""
-    b, h, w = plane.shape
-    dct = dct_matrix().to(plane)
-    blocks = (plane - 128).reshape(b, h // 8, 8, w // 8, 8).transpose(2, 3)
-    coefficients = dct @ blocks @ dct.T
-    restored = dct.T @ (soft_round(coefficients / table) * table) @ dct
-    return restored.transpose(2, 3).reshape(b, h, w) + 128
+def quantise_blocks(planes, table):
+    """8x8 block DCT of (... h w) planes centred on 0 (0..255 scale),
+    soft-quantised by `table`, and back."""
+    *lead, h, w = planes.shape
+    dct = dct_matrix().to(planes)
+    blocks = planes.reshape(*lead, h // 8, 8, w // 8, 8).transpose(-3, -2)
+    restored = dct.T @ (soft_round((dct @ blocks @ dct.T) / table) * table) @ dct
+    return restored.transpose(-3, -2).reshape(*lead, h, w)
 
 
 def jpeg_approximation(images, quality):
@@ -136,14 +137,11 @@ def jpeg_approximation(images, quality):
     soft quantisation with the tables libjpeg uses at `quality`."""
     h, w = images.shape[-2:]
     padded = F.pad(images, (0, -w % 16, 0, -h % 16), mode="replicate")
-    ycbcr = torch.einsum("ij,bjhw->bihw", RGB_TO_YCBCR.to(images), padded * 255)
-    luma = quantise_blocks(ycbcr[:, 0], quantisation_table(LUMA_TABLE, quality).to(images))
-    chroma = F.avg_pool2d(ycbcr[:, 1:], 2)
-    chroma_table = quantisation_table(CHROMA_TABLE, quality).to(images)
-    chroma = torch.stack([quantise_blocks(chroma[:, i] + 128, chroma_table) - 128 for i in range(2)], 1)
+    ycbcr = torch.einsum("ij,bjhw->bihw", RGB_TO_YCBCR.to(images), padded * 255)  # chroma centred on 0
+    luma = quantise_blocks(ycbcr[:, :1] - 128, quantisation_table(LUMA_TABLE, quality).to(images)) + 128
+    chroma = quantise_blocks(F.avg_pool2d(ycbcr[:, 1:], 2), quantisation_table(CHROMA_TABLE, quality).to(images))
     chroma = F.interpolate(chroma, scale_factor=2, mode="bilinear", align_corners=False)
-    rgb = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(RGB_TO_YCBCR).to(images),
-                       torch.cat([luma.unsqueeze(1), chroma], 1))
+    rgb = torch.einsum("ij,bjhw->bihw", YCBCR_TO_RGB.to(images), torch.cat([luma, chroma], 1))
     return (rgb / 255).clamp(0, 1)[..., :h, :w]
 
 
