@@ -54,7 +54,7 @@ def run_recipe(recipe, seed, args, images, output):
                 psnr_when_099=next((row["heldout_psnr"] for row in rows if row["heldout_bit_acc"] >= 0.99), None))
 
 
-def published_loop_speed(images, args, steps=30):
+def published_loop_speed(images, args, steps=100):
     """Steps/s of a loop that decodes a fresh batch of files every step."""
     paths = data.list_images(images, args.recursive)
     dataset = data.ImageFiles(images, paths, args.image_resolution)
@@ -63,7 +63,7 @@ def published_loop_speed(images, args, steps=30):
     return loop_speed(args, (batch for _, batch, _ in loader), steps, torch.contiguous_format, bf16=False)
 
 
-def cached_loop_speed(images, args, steps=30):
+def cached_loop_speed(images, args, steps=100):
     """Steps/s of our loop on CPU: images decoded once, batches indexed from
     memory, channels-last (the CPU default), bf16 autocast with --bf16."""
     cache, _ = train.training_data(train.parse_args([
