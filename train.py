@@ -414,7 +414,7 @@ def train(args):
         args.channels_last = device.type == "cpu"
     if args.bf16 and device.type == "cpu" and args.image_resolution < 32:
         # The decoder's last convolution then sees a 1x1 map with stride 2,
-        # where PyTorch's CPU bf16 weight gradient reads uninitialised memory.
+        # where PyTorch's CPU bf16 weight gradient is NaN or differs run to run.
         raise UserError("--bf16 on CPU needs --image_resolution >= 32 (NaN weight gradients at 16)")
     if context.is_main:
         os.makedirs(args.output_dir, exist_ok=True)
