@@ -115,6 +115,9 @@ def dct_matrix(size=8):
     return matrix
 
 
+DCT_MATRIX = dct_matrix()
+
+
 def soft_round(x):
     """Rounding that keeps a gradient: coefficients under half a step shrink
     as x**3 (JPEG zeroes them), larger ones pass through (StegaStamp's
@@ -126,7 +129,7 @@ def quantise_blocks(planes, table):
     """8x8 block DCT of (... h w) planes centred on 0 (0..255 scale),
     soft-quantised by `table`, and back."""
     *lead, h, w = planes.shape
-    dct = dct_matrix().to(planes)
+    dct = DCT_MATRIX.to(planes)
     blocks = planes.reshape(*lead, h // 8, 8, w // 8, 8).transpose(-3, -2)
     restored = dct.T @ (soft_round((dct @ blocks @ dct.T) / table) * table) @ dct
     return restored.transpose(-3, -2).reshape(*lead, h, w)
