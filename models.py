@@ -92,6 +92,10 @@ class StegaStampEncoder(nn.Module):
         plane = F.relu(self.secret_dense(fingerprint))
         plane = plane.view(-1, self.IMAGE_CHANNELS, FINGERPRINT_PLANE, FINGERPRINT_PLANE)
         plane = F.interpolate(plane, scale_factor=self.upsample_factor, mode="nearest")
+        # In the image's memory layout: a mixed cat falls back to NCHW and
+        # every later convolution pays a layout copy (a third of a CPU step).
+        if image.is_contiguous(memory_format=torch.channels_last):
+            plane = plane.contiguous(memory_format=torch.channels_last)
         inputs = torch.cat([plane, image], dim=1)  # b 2c h w: fingerprint first
 
         conv1 = F.relu(self.conv1(inputs))

@@ -20,6 +20,22 @@ def test_shapes_and_ranges(resolution, length):
     assert decoder(fingerprinted).shape == (2, length)
 
 
+
+def test_channels_last_input_stays_channels_last_with_same_output():
+    """The fingerprint plane follows the image's layout, so no convolution
+    pays a layout copy (a mixed cat falls back to NCHW)."""
+    encoder = StegaStampEncoder(32, 3, 16)
+    images, bits = torch.rand(4, 3, 32, 32), torch.randint(0, 2, (4, 16)).float()
+    expected = encoder(bits, images)
+    encoder = encoder.to(memory_format=torch.channels_last)
+    layouts = []
+    for conv in (encoder.conv1, encoder.conv9):  # the two fed by the fingerprint plane
+        conv.register_forward_pre_hook(
+            lambda _, inputs: layouts.append(inputs[0].is_contiguous(memory_format=torch.channels_last)))
+    output = encoder(bits, images.contiguous(memory_format=torch.channels_last))
+    assert layouts == [True, True]
+    assert torch.allclose(output, expected, atol=1e-5)
+
 @pytest.mark.parametrize("resolution", [0, 8, 24, 48, 100])
 def test_rejects_bad_resolutions(resolution):
     with pytest.raises(ValueError, match="power of two"):
