@@ -162,16 +162,20 @@ AUGMENTATIONS = {
     "jpeg": (100, 40),
     "center_crop": (1.0, 0.7),
 }
+# One batch slice each; JPEG gets two (measured: JPEG 50 0.750 -> 0.814,
+# the other three 0.01-0.04 lower, at 6,000 steps).
+AUGMENTATION_SLICES = [*AUGMENTATIONS, "jpeg"]
 
 
 def augment(images, ramp, generator):
     """Each augmentation (and none) on its own slice of the batch, in a
-    random order, so that every step trains against all of them.
+    random order, so that every step trains against all of them; JPEG,
+    the hardest to survive, on two slices.
     Differentiable: JPEG is real in the forward pass, approximated in the
     backward pass."""
     if ramp <= 0:
         return images
-    names = [list(AUGMENTATIONS)[i] for i in torch.randperm(len(AUGMENTATIONS), generator=generator)]
+    names = [AUGMENTATION_SLICES[i] for i in torch.randperm(len(AUGMENTATION_SLICES), generator=generator)]
     slices = images.chunk(len(names))
     return torch.cat([augment_slice(part, name, ramp, generator) for part, name in zip(slices, names)])
 

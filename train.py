@@ -53,7 +53,8 @@ L2_ACTIVATION_ACCURACY = 0.9
 L2_SCALE_RATE = 0.001
 L2_SCALE_RANGE = (0.1, 100.0)
 # Without a target, robust training settles far below 30 dB (24.8 dB measured).
-AUGMENT_TARGET_PSNR = 31.0
+# 30.3 dB on training batches measured 30.5 dB on held-out images (8-bit).
+AUGMENT_TARGET_PSNR = 30.3
 
 
 def default_cache_gb():

