@@ -5,11 +5,13 @@
 
 Writes, into --output_dir: args.json (resolved options), metrics.jsonl,
 logs/ (TensorBoard), saved_images/<step>.png (clean | fingerprinted |
-amplified residual) and checkpoints/<run>_encoder.pth, _decoder.pth,
-_config.json and _optim.pth (optimizer, step and schedule, for --resume).
+amplified residual) and checkpoints/<run>_encoder.pth, _decoder.pth (the
+weights' moving average, --ema_decay), _config.json and _optim.pth
+(optimizer, step, schedule and the trained weights, for --resume).
 """
 
 import argparse
+import copy
 from dataclasses import dataclass
 import glob
 import json
@@ -44,8 +46,10 @@ RECIPES = {
     # rising to a 4x higher weight, and a lower-rate tail (RECIPE_DEFAULTS).
     "fast": dict(centred_inputs=True, he_init=True, warmup_steps=100),
 }
-RECIPE_DEFAULTS = {"paper": dict(lr=1e-4, lr_tail=0.0, l2_loss_await=1000, l2_loss_ramp=3000, l2_loss_weight=10),
-                   "fast": dict(lr=3e-4, lr_tail=0.1, l2_loss_await=0, l2_loss_ramp=1000, l2_loss_weight=40)}
+RECIPE_DEFAULTS = {"paper": dict(lr=1e-4, lr_tail=0.0, l2_loss_await=1000, l2_loss_ramp=3000, l2_loss_weight=10,
+                                 ema_decay=0.0),
+                   "fast": dict(lr=3e-4, lr_tail=0.1, l2_loss_await=0, l2_loss_ramp=1000, l2_loss_weight=40,
+                                ema_decay=0.999)}
 LR_TAIL_FACTOR = 1 / 3  # the learning rate in the tail, relative to --lr
 L2_ACTIVATION_ACCURACY = 0.9
 # --target_psnr: per step, log(L2 weight multiplier) moves by this much per dB
@@ -92,6 +96,9 @@ def build_parser():
         help="steps after bit accuracy first exceeds 0.9 before the L2 weight rises (paper 1000, fast 0)")
     add("--l2_loss_weight", type=float, default=None, help="final L2 loss weight (paper 10, fast 40)")
     add("--l2_loss_ramp", type=int, default=None, help="steps to ramp the L2 weight up (paper 3000, fast 1000)")
+    add("--ema_decay", type=float, default=None,
+        help="save and evaluate an exponential moving average of the weights, this decay per step "
+             "(paper 0 = off, fast 0.999)")
     add("--BCE_loss_weight", type=float, default=1, help="bit loss weight (default 1)")
     add("--seed", type=int, default=0, help="seed for weights, batches and bits (default 0)")
     add("--num_workers", type=int, default=None, help="image decoding processes (default: cores - 1)")
@@ -136,6 +143,8 @@ def parse_args(argv=None):
         parser.error("--lr must be > 0")
     if not 0 <= args.lr_tail < 1:
         parser.error("--lr_tail must be in [0, 1)")
+    if not 0 <= args.ema_decay < 1:
+        parser.error("--ema_decay must be in [0, 1)")
     if args.num_workers is None:
         args.num_workers = data.default_num_workers()
     if args.target_psnr is None:
@@ -270,6 +279,16 @@ def build_models(args):
     return encoder, decoder, config
 
 
+@torch.no_grad()
+def update_average(averaged, models, step, decay):
+    """Exponential moving average of the weights. The decay starts low, so
+    that the random initial weights fade out of short runs too."""
+    decay = min(decay, (1 + step) / (10 + step))
+    for average_model, model in zip(averaged[:2], models[:2]):
+        for average, weight in zip(average_model.parameters(), model.parameters()):
+            average.lerp_(weight, 1 - decay)
+
+
 def augment_ramp(step, l2_activation_step, args):
     """Augmentation strength 0..1: off until the bits are learned, then ramped."""
     if not args.augment or l2_activation_step is None:
@@ -336,22 +355,29 @@ def latest_run(checkpoint_dir):
     return os.path.basename(max(states, key=os.path.getmtime))[: -len("_optim.pth")]
 
 
-def save_run_state(prefix, models, optimizer, state):
-    encoder, decoder, config = models
+def save_run_state(prefix, models, optimizer, state, averaged=None):
+    """The checkpoints (the weights' moving average when there is one) and
+    the state to resume from (with the trained weights in that case)."""
+    encoder, decoder, config = averaged or models
     save_checkpoint(encoder.state_dict(), prefix + "_encoder.pth")
     save_checkpoint(decoder.state_dict(), prefix + "_decoder.pth")
     save_model_config(config, prefix)
+    if averaged:
+        state = dict(state, trained=dict(encoder=models[0].state_dict(), decoder=models[1].state_dict()))
     # The state file goes last: a run is resumable from it only once the
     # weights it refers to are on disk.
     save_checkpoint(dict(optimizer=optimizer.state_dict(), **state), prefix + "_optim.pth")
 
 
-def restore_run_state(prefix, models, optimizer):
-    encoder, decoder, _ = models
-    encoder.load_state_dict(load_checkpoint(prefix + "_encoder.pth"))
-    decoder.load_state_dict(load_checkpoint(prefix + "_decoder.pth"))
+def restore_run_state(prefix, models, optimizer, averaged=None):
+    checkpoints = [load_checkpoint(prefix + "_encoder.pth"), load_checkpoint(prefix + "_decoder.pth")]
     state = load_checkpoint(prefix + "_optim.pth")
     optimizer.load_state_dict(state.pop("optimizer"))
+    trained = state.pop("trained", None)  # saved when the checkpoints hold the moving average
+    for model, weights in zip(models, [trained["encoder"], trained["decoder"]] if trained else checkpoints):
+        model.load_state_dict(weights)
+    for model, weights in zip(averaged or (), checkpoints):
+        model.load_state_dict(weights)
     state.setdefault("l2_scale", 1.0)  # runs saved before --target_psnr
     return state
 
@@ -372,7 +398,7 @@ def log_metrics(metrics, step, writer, metrics_path):
 
 # --- training -------------------------------------------------------------
 
-def prepare_run(args, models, optimizer, context):
+def prepare_run(args, models, averaged, optimizer, context):
     """Checkpoint prefix and the state to start from (fresh or resumed)."""
     checkpoint_dir = os.path.join(args.output_dir, "checkpoints")
     name = latest_run(checkpoint_dir) if args.resume else None
@@ -381,7 +407,7 @@ def prepare_run(args, models, optimizer, context):
     prefix = os.path.join(checkpoint_dir, name or run_name(args, context))
     state = dict(step=0, l2_activation_step=None, l2_scale=1.0, run=os.path.basename(prefix))
     if name is not None:
-        state = restore_run_state(prefix, models, optimizer)
+        state = restore_run_state(prefix, models, optimizer, averaged)
         if context.is_main:
             print(f"resuming {name} at step {state['step']}")
     return prefix, state
@@ -392,8 +418,8 @@ class Session:
     """Everything one training process works with (a record, not a framework)."""
 
     args: argparse.Namespace
-    models: tuple  # (encoder, decoder, config), unwrapped: what is saved and evaluated
-    trained: tuple  # the same, DDP-wrapped when distributed: what is trained
+    models: tuple  # (encoder, decoder, config), unwrapped: what is trained
+    trained: tuple  # the same, DDP-wrapped when distributed
     optimizer: torch.optim.Optimizer
     device: torch.device
     context: Distributed
@@ -402,6 +428,12 @@ class Session:
     total_steps: int
     writer: object = None
     state: dict = None  # step, L2 activation step and scale, run name: saved in _optim.pth
+    averaged: tuple = None  # --ema_decay: the moving average of `models`
+
+    @property
+    def saved_models(self):
+        """The weights that are evaluated and saved as the checkpoints."""
+        return self.averaged or self.models
 
 
 def train(args):
@@ -442,9 +474,9 @@ def train(args):
     progress.close()
     final = dict(step=state["step"], seconds=time.time() - started, **metrics)
     if context.is_main:
-        save_run_state(session.prefix, session.models, session.optimizer, state)
+        save_run_state(session.prefix, session.models, session.optimizer, state, session.averaged)
         if len(heldout):
-            final.update(evaluate(session.models, heldout, args.fingerprint_length, device, args.seed))
+            final.update(evaluate(session.saved_models, heldout, args.fingerprint_length, device, args.seed))
         session.writer.close()
     close_distributed(context)
     return final, session.prefix
@@ -459,15 +491,17 @@ def start_session(args, context, device, heldout, total_steps):
     encoder = encoder.to(device, memory_format=memory_format)
     decoder = decoder.to(device, memory_format=memory_format)
     models = (encoder, decoder, config)
+    averaged = (copy.deepcopy(encoder), copy.deepcopy(decoder), config) if args.ema_decay else None
     trained = models
     if context.world_size > 1:
         device_ids = [device.index] if device.type == "cuda" else None
         trained = (DistributedDataParallel(encoder, device_ids=device_ids),
                    DistributedDataParallel(decoder, device_ids=device_ids), config)
     optimizer = torch.optim.Adam(list(decoder.parameters()) + list(encoder.parameters()), lr=args.lr)
-    prefix, state = prepare_run(args, models, optimizer, context)
+    prefix, state = prepare_run(args, models, averaged, optimizer, context)
     writer = SummaryWriter(os.path.join(args.output_dir, "logs")) if context.is_main else None
-    return Session(args, models, trained, optimizer, device, context, prefix, heldout, total_steps, writer, state)
+    return Session(args, models, trained, optimizer, device, context, prefix, heldout, total_steps, writer, state,
+                   averaged)
 
 
 def run_step(session, batch_images, state):
@@ -486,6 +520,8 @@ def run_step(session, batch_images, state):
     weights = dict(l2=base_l2 * state["l2_scale"])
     weights["augment"] = augment_ramp(step, state["l2_activation_step"], args)
     metrics, fingerprinted = training_step(session.trained, session.optimizer, images, bits, weights, args, generator)
+    if session.averaged:
+        update_average(session.averaged, session.models, step, args.ema_decay)
     # Every rank must switch the L2 loss on at the same step.
     if state["l2_activation_step"] is None and mean_over_ranks(metrics["bit_acc"], context) > L2_ACTIVATION_ACCURACY:
         state["l2_activation_step"] = step
@@ -524,13 +560,13 @@ def write_outputs(session, state, metrics, images, fingerprinted):
     args, step = session.args, state["step"]
     if step % args.log_interval == 0:
         if len(session.heldout):
-            metrics.update(evaluate(session.models, session.heldout, args.fingerprint_length, session.device,
+            metrics.update(evaluate(session.saved_models, session.heldout, args.fingerprint_length, session.device,
                                     args.seed))
         log_metrics(metrics, step, session.writer, os.path.join(args.output_dir, "metrics.jsonl"))
     if step % args.image_interval == 0:
         save_samples(os.path.join(args.output_dir, "saved_images", f"{step}.png"), images, fingerprinted)
     if step % args.checkpoint_interval == 0:
-        save_run_state(session.prefix, session.models, session.optimizer, state)
+        save_run_state(session.prefix, session.models, session.optimizer, state, session.averaged)
 
 
 def main(args):

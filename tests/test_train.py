@@ -27,6 +27,7 @@ def test_recipe_switch_sets_published_defaults(tmp_path):
     assert train_args(tmp_path, tmp_path, "--fingerprint_size", "48").fingerprint_length == 48
     assert train_args(tmp_path, tmp_path, "--recipe", "paper", "--lr", "0.01").lr == 0.01
     assert (paper.lr_tail, train_args(tmp_path, tmp_path).lr_tail) == (0, 0.1)
+    assert (paper.ema_decay, train_args(tmp_path, tmp_path).ema_decay) == (0, 0.999)
     robust = train_args(tmp_path, tmp_path, "--augment")
     assert (train_args(tmp_path, tmp_path).target_psnr, robust.target_psnr) == (0, 30.3)
 
@@ -62,6 +63,14 @@ def test_target_psnr_raises_the_l2_weight_of_a_run_below_it(tmp_path, sample_fol
     train.train(train_args(sample_folder, tmp_path / "free", *common))
     held, free = (json.loads(open(tmp_path / run / "metrics.jsonl").readline()) for run in ("held", "free"))
     assert free["l2_weight"] == 1 and held["l2_weight"] > 2  # 80 dB is out of reach: the weight only rises
+
+
+def test_weight_average_follows_the_trained_weights_at_the_decay():
+    trained, averaged = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    for step, decay in [(0, 0.1), (10, 0.55), (10 ** 6, 0.9)]:  # early steps: (1 + step) / (10 + step)
+        torch.nn.init.zeros_(trained.weight), torch.nn.init.ones_(averaged.weight)
+        train.update_average((averaged,), (trained,), step, 0.9)
+        assert torch.allclose(averaged.weight, torch.full((2, 2), decay))
 
 
 def test_bf16_on_cpu_refuses_16x16(tmp_path, sample_folder):
@@ -100,7 +109,11 @@ def test_run_folder_contents(tmp_path, sample_folder):
     assert os.path.basename(prefix).startswith("stegastamp_4_")
     config = utils.load_model_config(prefix + "_encoder.pth")
     assert (config.centred_inputs, config.resolution, config.fingerprint_length) == (True, 16, 4)
-    assert set(torch.load(prefix + "_optim.pth", weights_only=True)) >= {"optimizer", "step"}
+    state = torch.load(prefix + "_optim.pth", weights_only=True)
+    assert set(state) >= {"optimizer", "step", "trained"}
+    # The checkpoint is the weights' moving average; the state keeps the trained weights.
+    trained = state["trained"]["encoder"]["residual.weight"]
+    assert not torch.equal(utils.load_checkpoint(prefix + "_encoder.pth")["residual.weight"], trained)
 
 
 @pytest.mark.slow
