@@ -54,6 +54,7 @@ def cases(folder, samples):
         "celeba at 64": (train + ["--data_dir", samples, "--image_resolution", "64",
                                   "--use_celeba_preprocessing"], "128"),
         "not a power of two": (train + ["--data_dir", samples, "--image_resolution", "48"], "power of two"),
+        "average decay of 1": (train + ["--data_dir", samples, "--ema_decay", "1"], "--ema_decay must be in [0, 1)"),
         "check without decoder": (embed + ["--data_dir", samples, "--check"], "--decoder_path"),
     }
 
