@@ -22,8 +22,8 @@ import data
 from models import check_resolution
 from utils import (UserError, append_lines, barrier, bit_accuracy, bits_from_logits, close_distributed,
                    complete_lines, decode, decoder_resolution, encode, fingerprint_for, fingerprint_line, gather,
-                   init_distributed, load_decoder, load_encoder, load_model_config, merge_shards, open_record,
-                   psnr, run_cli, shard_path, TEMP_PREFIX)
+                   init_distributed, load_decoder, load_encoder, load_model_config, merge_shards, model_pair_paths,
+                   open_record, psnr, run_cli, shard_path, shipped_models, TEMP_PREFIX)
 
 
 RECORD_FILE = "embedded_fingerprints.txt"
@@ -67,18 +67,6 @@ def parse_args(argv=None):
     return args
 
 
-SAVED_MODELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "saved_models")
-
-
-def shipped_models():
-    """Names of the encoder/decoder pairs in saved_models/."""
-    if not os.path.isdir(SAVED_MODELS):
-        return []
-    return sorted(name[: -len("_encoder.pth")] for name in os.listdir(SAVED_MODELS)
-                  if name.endswith("_encoder.pth")
-                  and os.path.exists(os.path.join(SAVED_MODELS, name.replace("_encoder.pth", "_decoder.pth"))))
-
-
 def add_model_argument(parser):
     parser.add_argument("--model", default=None,
                         help=f"a shipped model instead of the checkpoint paths ({', '.join(shipped_models()) or 'none'})")
@@ -89,9 +77,9 @@ def resolve_model(parser, args, need_encoder=False, need_decoder=False):
     if args.model:
         if args.model not in shipped_models():
             parser.error(f"--model {args.model}: unknown; shipped: {', '.join(shipped_models()) or 'none'}")
-        prefix = os.path.join(SAVED_MODELS, args.model)
-        args.encoder_path = getattr(args, "encoder_path", None) or prefix + "_encoder.pth"
-        args.decoder_path = getattr(args, "decoder_path", None) or prefix + "_decoder.pth"
+        encoder_path, decoder_path = model_pair_paths(args.model)
+        args.encoder_path = getattr(args, "encoder_path", None) or encoder_path
+        args.decoder_path = getattr(args, "decoder_path", None) or decoder_path
     if need_encoder and not args.encoder_path:
         parser.error("give --encoder_path or --model")
     if need_decoder and not args.decoder_path:

@@ -14,6 +14,7 @@ import argparse
 import copy
 from dataclasses import dataclass
 import glob
+import importlib.util
 import json
 import os
 import time
@@ -31,8 +32,9 @@ import data
 import perturbations
 from models import StegaStampDecoder, StegaStampEncoder, check_resolution
 from utils import (Distributed, ModelConfig, UserError, atomic_write, bit_accuracy, bits_from_logits,
-                   close_distributed, decode, encode, init_distributed, load_checkpoint, psnr, random_bits, run_cli,
-                   save_checkpoint, save_model_config, write_json)
+                   close_distributed, decode, decoder_resolution, encode, init_distributed, load_checkpoint,
+                   load_decoder, load_encoder, model_pair_paths, psnr, random_bits, run_cli, save_checkpoint,
+                   save_model_config, write_json)
 
 # Recipes: what differs between the published algorithm and ours.
 RECIPES = {
@@ -108,12 +110,21 @@ def build_parser():
     add("--checkpoint_interval", type=int, default=5000, help="steps between checkpoints (default 5000)")
     add("--image_interval", type=int, default=1000, help="steps between sample grids (default 1000)")
     add("--resume", action="store_true", help="continue the latest run in --output_dir")
+    add("--init_from", default=None, metavar="PAIR",
+        help="start from existing weights: a shipped model's name or an _encoder.pth path (with its "
+             "_decoder.pth beside it); its resolution and length must match the run's (default: off)")
     add("--cache_gb", type=float, default=default_cache_gb(),
         help="decode the training images once into memory up to this size, else every epoch "
              "(default: a quarter of RAM)")
     add("--augment", action="store_true",
         help="train through noise, blur, JPEG and crops (perturbations.py), ramped up after bits are learned")
     add("--augment_ramp", type=int, default=2000, help="steps to reach full augmentation strength (default 2000)")
+    add("--augment_crop", type=float, default=perturbations.AugmentOptions.strongest_crop,
+        help="with --augment: the strongest center crop trained on, as the kept fraction of the side "
+             f"(default {perturbations.AugmentOptions.strongest_crop:g})")
+    add("--jpeg_gradient", choices=sorted(perturbations.JPEG_STAND_INS), default="approximation",
+        help="with --augment: what the real JPEG's gradient flows through (default approximation; "
+             "kornia needs `pip install kornia`)")
     add("--target_psnr", type=float, default=None,
         help="once the L2 ramp is done, scale the L2 weight up or down to hold the training PSNR at this "
              f"many dB (default {AUGMENT_TARGET_PSNR:g} with --augment, else 0 = off)")
@@ -147,6 +158,10 @@ def parse_args(argv=None):
         parser.error("--ema_decay must be in [0, 1)")
     if args.num_workers is None:
         args.num_workers = data.default_num_workers()
+    if not 0 < args.augment_crop <= 1:
+        parser.error("--augment_crop must be in (0, 1]")
+    if args.jpeg_gradient == "kornia" and importlib.util.find_spec("kornia") is None:
+        parser.error("--jpeg_gradient kornia needs kornia: pip install kornia")
     if args.target_psnr is None:
         args.target_psnr = AUGMENT_TARGET_PSNR if args.augment else 0.0
     return args
@@ -279,6 +294,22 @@ def build_models(args):
     return encoder, decoder, config
 
 
+def load_initial_weights(pair, encoder, decoder, args):
+    """--init_from: the pair's weights (published keys, strict) and meaning."""
+    encoder_path, decoder_path = model_pair_paths(pair)
+    loaded_encoder, config = load_encoder(encoder_path, args.image_resolution)
+    loaded_decoder, _ = load_decoder(decoder_path, args.image_resolution)
+    found = (config.resolution or decoder_resolution(decoder_path), loaded_encoder.secret_dense.in_features)
+    if found != (args.image_resolution, args.fingerprint_length) or config.encoder_output != "image":
+        raise UserError(f"--init_from {pair}: a {found[0]}x{found[0]}, {found[1]}-bit "
+                        f"{config.encoder_output}-output pair; this run is {args.image_resolution}x"
+                        f"{args.image_resolution}, {args.fingerprint_length} bits, image output")
+    encoder.load_state_dict(loaded_encoder.state_dict())
+    decoder.load_state_dict(loaded_decoder.state_dict())
+    return ModelConfig(encoder_output="image", centred_inputs=config.centred_inputs,
+                       resolution=args.image_resolution, fingerprint_length=args.fingerprint_length)
+
+
 @torch.no_grad()
 def update_average(averaged, models, step, decay):
     """Exponential moving average of the weights. The decay starts low, so
@@ -303,7 +334,8 @@ def training_step(models, optimizer, images, bits, weights, args, generator=None
         fingerprinted = encode(encoder, config, bits, images)
         seen = fingerprinted
         if weights.get("augment"):
-            seen = perturbations.augment(fingerprinted.float().clamp(0, 1), weights["augment"], generator)
+            options = perturbations.AugmentOptions(args.jpeg_gradient, args.augment_crop)
+            seen = perturbations.augment(fingerprinted.float().clamp(0, 1), weights["augment"], generator, options)
         logits = decode(decoder, config, seen)
     fingerprinted, logits = fingerprinted.float(), logits.float()
     l2_loss = F.mse_loss(fingerprinted, images)
@@ -487,6 +519,8 @@ def start_session(args, context, device, heldout, total_steps):
     from torch.utils.tensorboard import SummaryWriter
 
     encoder, decoder, config = build_models(args)
+    if args.init_from:
+        config = load_initial_weights(args.init_from, encoder, decoder, args)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     encoder = encoder.to(device, memory_format=memory_format)
     decoder = decoder.to(device, memory_format=memory_format)

@@ -175,6 +175,31 @@ class ModelConfig:
     fingerprint_length: int = 0
 
 
+SAVED_MODELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "saved_models")
+
+
+def shipped_models():
+    """Names of the encoder/decoder pairs in saved_models/."""
+    if not os.path.isdir(SAVED_MODELS):
+        return []
+    return sorted(name[: -len("_encoder.pth")] for name in os.listdir(SAVED_MODELS)
+                  if name.endswith("_encoder.pth")
+                  and os.path.exists(os.path.join(SAVED_MODELS, name.replace("_encoder.pth", "_decoder.pth"))))
+
+
+def model_pair_paths(name_or_encoder_path):
+    """(encoder, decoder) checkpoint paths of a shipped model's name, or of
+    an `_encoder.pth` path and the `_decoder.pth` beside it."""
+    if name_or_encoder_path in shipped_models():
+        prefix = os.path.join(SAVED_MODELS, name_or_encoder_path)
+    elif name_or_encoder_path.endswith("_encoder.pth"):
+        prefix = name_or_encoder_path[: -len("_encoder.pth")]
+    else:
+        raise UserError(f"{name_or_encoder_path}: neither a shipped model ({', '.join(shipped_models()) or 'none'}) "
+                        f"nor an _encoder.pth path")
+    return prefix + "_encoder.pth", prefix + "_decoder.pth"
+
+
 def config_path_for(checkpoint_path):
     """`x/run_encoder.pth` or `x/run_decoder.pth` -> `x/run_config.json`."""
     stem = checkpoint_path[:-4] if checkpoint_path.endswith(".pth") else checkpoint_path

@@ -185,3 +185,42 @@ def test_stop_at_bit_acc_ends_training_at_the_first_logged_step_that_reaches_it(
     assert final["step"] == 4  # the first logged step; any batch accuracy passes 0.01
     final, _ = train.train(train_args(sample_folder, tmp_path / "never", *common, "--stop_at_bit_acc", "1.01"))
     assert final["step"] == 10
+
+
+def test_init_from_a_shipped_model_starts_where_it_left_off(tmp_path, sample_folder):
+    # A learning rate too small to move the weights: what is measured is the starting point.
+    common = ["--image_resolution", "32", "--fingerprint_length", "100", "--batch_size", "8", "--num_holdout", "8",
+              "--max_steps", "1", "--lr", "1e-12"]
+    initialised, prefix = train.train(train_args(sample_folder, tmp_path / "init", *common,
+                                                 "--init_from", "cifar10_32"))
+    scratch, _ = train.train(train_args(sample_folder, tmp_path / "scratch", *common))
+    assert initialised["heldout_bit_acc"] >= 0.95 > 0.7 > scratch["heldout_bit_acc"]
+    shipped = final_weights(os.path.join(utils.SAVED_MODELS, "cifar10_32"))
+    weights = final_weights(prefix)
+    assert all(torch.allclose(weights[key], shipped[key], atol=1e-6) for key in shipped)
+    assert utils.load_model_config(prefix + "_encoder.pth").centred_inputs
+
+
+def test_init_from_an_encoder_path_takes_its_pair_and_meaning(tmp_path, sample_folder):
+    common = ["--image_resolution", "16", "--fingerprint_length", "4", "--batch_size", "8", "--num_holdout", "0",
+              "--max_steps", "2"]
+    _, source = train.train(train_args(sample_folder, tmp_path / "source", *common, "--recipe", "paper"))
+    _, prefix = train.train(train_args(sample_folder, tmp_path / "tuned", *common, "--lr", "1e-12",
+                                       "--init_from", source + "_encoder.pth"))
+    weights, expected = final_weights(prefix), final_weights(source)
+    assert all(torch.allclose(weights[key], expected[key], atol=1e-6) for key in expected)
+    assert not utils.load_model_config(prefix + "_encoder.pth").centred_inputs  # the source's meaning, not the recipe's
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--image_resolution", "16"], "32x32, 100-bit"),
+    (["--image_resolution", "32", "--fingerprint_length", "48"], "this run is 32x32, 48 bits"),
+])
+def test_init_from_a_mismatched_pair_is_refused(tmp_path, sample_folder, extra, message):
+    with pytest.raises(utils.UserError, match=message):
+        train.train(train_args(sample_folder, tmp_path, "--max_steps", "1", "--init_from", "cifar10_32", *extra))
+
+
+def test_init_from_an_unknown_name_is_refused(tmp_path, sample_folder):
+    with pytest.raises(utils.UserError, match="neither a shipped model"):
+        train.train(train_args(sample_folder, tmp_path, "--max_steps", "1", "--init_from", "no_such_model"))
