@@ -8,6 +8,7 @@ encode/decode) are differentiable.
 
 import io
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -57,6 +58,25 @@ def resize(images, scale):
     return F.interpolate(small, size=images.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
 
 
+# Real-world chains: what a social-media upload does to an image.
+CHAIN_JPEG_QUALITY = 75
+
+
+def crop_then_jpeg(images, fraction):
+    """Center crop (resized back), then saved as JPEG 75."""
+    return jpeg(center_crop(images, fraction), CHAIN_JPEG_QUALITY)
+
+
+def resize_then_jpeg(images, scale):
+    """Downscaled by `scale` and saved as JPEG 75 at that size; the detector
+    scales it back up."""
+    size = images.shape[-1]
+    small = F.interpolate(images, size=max(1, round(size * scale)), mode="bilinear", antialias=True,
+                          align_corners=False).clamp(0, 1)
+    return F.interpolate(jpeg(small, CHAIN_JPEG_QUALITY), size=images.shape[-2:], mode="bilinear",
+                         align_corners=False).clamp(0, 1)
+
+
 def rotation(images, degrees):
     return TF.rotate(images, float(degrees), interpolation=TF.InterpolationMode.BILINEAR)
 
@@ -79,6 +99,8 @@ PERTURBATIONS = {
     "rotation": (rotation, [0, 2, 5, 10, 15, 30], "degrees"),
     "brightness": (brightness, [1.0, 1.2, 1.5, 2.0, 0.8, 0.5], "factor"),
     "contrast": (contrast, [1.0, 1.2, 1.5, 2.0, 0.8, 0.5], "factor"),
+    "crop_then_jpeg75": (crop_then_jpeg, [1.0, 0.9, 0.75, 0.67, 0.5], "kept fraction, then JPEG 75"),
+    "resize_then_jpeg75": (resize_then_jpeg, [1.0, 0.75, 0.5, 0.35, 0.25], "scale, then JPEG 75"),
 }
 
 
@@ -148,9 +170,20 @@ def jpeg_approximation(images, quality):
     return (rgb / 255).clamp(0, 1)[..., :h, :w]
 
 
-def jpeg_with_gradient(images, quality):
-    """Forward: real Pillow JPEG; backward: through `jpeg_approximation`."""
-    approximation = jpeg_approximation(images, quality)
+def kornia_jpeg(images, quality):
+    """kornia's differentiable JPEG (needs `pip install kornia`)."""
+    from kornia.enhance import jpeg_codec_differentiable
+
+    return jpeg_codec_differentiable(images, torch.tensor([float(quality)], device=images.device))
+
+
+# --jpeg_gradient: the differentiable stand-in whose gradient the real JPEG takes.
+JPEG_STAND_INS = {"approximation": jpeg_approximation, "kornia": kornia_jpeg}
+
+
+def jpeg_with_gradient(images, quality, stand_in="approximation"):
+    """Forward: real Pillow JPEG; backward: through the stand-in."""
+    approximation = JPEG_STAND_INS[stand_in](images, quality)
     return approximation + (jpeg(images.detach(), quality) - approximation).detach()
 
 
@@ -169,7 +202,13 @@ AUGMENTATIONS = {
 AUGMENTATION_SLICES = [*AUGMENTATIONS, "jpeg", "jpeg"]
 
 
-def augment(images, ramp, generator):
+@dataclass(frozen=True)
+class AugmentOptions:
+    jpeg_stand_in: str = "approximation"  # a JPEG_STAND_INS name
+    strongest_crop: float = AUGMENTATIONS["center_crop"][1]  # kept fraction of the side
+
+
+def augment(images, ramp, generator, options=AugmentOptions()):
     """Each augmentation (and none) on its own slice of the batch, in a
     random order, so that every step trains against all of them (JPEG on
     three slices).
@@ -179,21 +218,24 @@ def augment(images, ramp, generator):
         return images
     names = [AUGMENTATION_SLICES[i] for i in torch.randperm(len(AUGMENTATION_SLICES), generator=generator)]
     slices = images.tensor_split(len(names))  # sizes differ by at most 1; empty in batches under 7
-    return torch.cat([augment_slice(part, name, ramp, generator) for part, name in zip(slices, names) if len(part)])
+    return torch.cat([augment_slice(part, name, ramp, generator, options)
+                      for part, name in zip(slices, names) if len(part)])
 
 
-def augment_slice(images, name, ramp, generator):
+def augment_slice(images, name, ramp, generator, options=AugmentOptions()):
     """`name` at a strength drawn up to `ramp` (0..1) of the way to its
     strongest setting, favouring the strong end."""
     if name == "none":
         return images
     mildest, strongest = AUGMENTATIONS[name]
+    if name == "center_crop":
+        strongest = options.strongest_crop
     fraction = ramp * float(torch.rand((), generator=generator)) ** 0.5  # sqrt: strong settings come up more
     strength = mildest + fraction * (strongest - mildest)
     if name == "gaussian_blur":
         return gaussian_blur(images, 2 * round((strength - 1) / 2) + 1)
     if name == "jpeg":
-        return jpeg_with_gradient(images, round(strength))
+        return jpeg_with_gradient(images, round(strength), options.jpeg_stand_in)
     if name == "gaussian_noise":
         return gaussian_noise(images, strength, generator)
     return center_crop(images, strength)
