@@ -8,14 +8,16 @@ generate fingerprinted images?
 4. report bit accuracy vs the embedded fingerprint, detection TPR at --fpr
    (the control GAN's rate is the measured FPR), FID of each GAN against the
    clean real images (if the FID extra is installed),
-5. model-level robustness (Fig. 3 right): generator weights quantised to a
+5. image-level robustness of the generated images (Fig. 3's red dots): bit
+   accuracy under every perturbation of perturbations.py,
+6. model-level robustness (Fig. 3 right): generator weights quantised to a
    decimal precision, and with Gaussian noise added,
-6. attribution across --num_sources GANs trained with different fingerprints.
+7. attribution across --num_sources GANs trained with different fingerprints.
 
     python transferability.py --model cifar10_32 --data_dir cifar10/ --output_dir runs/transfer --gan_steps 20000
     python transferability.py --smoke --output_dir /tmp/transfer   # minutes on CPU: plumbing only
 
-Writes report.md, report.json, model_robustness.csv and model_robustness.png.
+Writes report.md, report.json, image_robustness.csv, model_robustness.csv and model_robustness.png.
 """
 
 import argparse
@@ -30,6 +32,7 @@ import torch
 import embed_fingerprints
 import evaluation
 import gan
+import perturbations
 from sample_images import write_sample_images
 from utils import (bit_accuracy, bits_from_logits, decode, load_decoder, read_fingerprint_file, run_cli,
                    select_device)
@@ -106,7 +109,11 @@ def decoded_bits(decoder, config, images, device):
                       for i in range(0, len(images), 256)])
 
 
-def score(decoder, config, images, fingerprint, threshold, device):
+def score(decoder, config, images, fingerprint, threshold, device, perturb=None):
+    if perturb is not None:
+        from data import to_float, to_uint8
+
+        images = to_uint8(perturb(to_float(images)))
     detected = decoded_bits(decoder, config, images, device)
     matches = evaluation.matching_bits(detected, fingerprint)
     return dict(bit_accuracy=bit_accuracy(detected, fingerprint.expand_as(detected)).mean().item(),
@@ -117,6 +124,17 @@ def fid_against(real_features, network, images, device):
     if network is None:
         return None
     return evaluation.frechet_distance(evaluation.image_features(network, images, device), real_features)
+
+
+def image_robustness(images, decoder, config, fingerprint, threshold, device):
+    """Generated images under every image perturbation, at every strength."""
+    rows = []
+    for name, (_, strengths, _) in perturbations.PERTURBATIONS.items():
+        for strength in strengths:
+            perturb = lambda x, n=name, s=strength: perturbations.apply(n, x, s)  # noqa: E731
+            rows.append(dict(perturbation=name, strength=strength,
+                             **score(decoder, config, images, fingerprint, threshold, device, perturb)))
+    return rows
 
 
 def perturbed(generator, decimals=None, noise_std=0.0, seed=0):
@@ -190,17 +208,19 @@ def run(args):
         real_features = evaluation.image_features(network, real, device)
     fid = lambda images: fid_against(real_features, network, images, device)  # noqa: E731
 
-    table = {}
+    table, generated = {}, {}
     for name, generator in generators.items():
-        images = gan.generate(generator, args.num_generated, args.seed + 1, device=device)
+        generated[name] = images = gan.generate(generator, args.num_generated, args.seed + 1, device=device)
         gan.write_images(images[:64], os.path.join(args.output_dir, f"generated_{name}"))
         table[name] = dict(**score(decoder, config, images, fingerprint, threshold, device), fid=fid(images))
+    image_rows = image_robustness(generated["fingerprinted"], decoder, config, fingerprint, threshold, device)
     rows = model_robustness(args, generators["fingerprinted"], decoder, config, fingerprint, threshold, device,
                             fid if args.fid else (lambda images: None))
     attribution = attribute_sources(args, data_dir, decoder, config, device, fingerprinted_dir, fingerprint,
                                     generators, resolution)
     report = dict(fingerprint_length=length, fpr=args.fpr, min_matching_bits=threshold, gan_steps=args.gan_steps,
-                  num_generated=args.num_generated, table=table, model_robustness=rows, attribution=attribution,
+                  num_generated=args.num_generated, table=table, image_robustness=image_rows, model_robustness=rows,
+                  attribution=attribution,
                   seconds=time.time() - started, smoke=args.smoke)
     write_report(args, report)
     return report
@@ -229,13 +249,18 @@ def attribute_sources(args, data_dir, decoder, config, device, fingerprinted_dir
                 confusion={f"{t} -> {a}": n for (t, a), n in evaluation.confusion_table(attributed, truth).items()})
 
 
+def write_csv(rows, path):
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def write_report(args, report):
     with open(os.path.join(args.output_dir, "report.json"), "w", encoding="utf-8") as file:
         json.dump(report, file, indent=2)
-    with open(os.path.join(args.output_dir, "model_robustness.csv"), "w", newline="", encoding="utf-8") as file:
-        writer = csv.DictWriter(file, fieldnames=list(report["model_robustness"][0]))
-        writer.writeheader()
-        writer.writerows(report["model_robustness"])
+    write_csv(report["image_robustness"], os.path.join(args.output_dir, "image_robustness.csv"))
+    write_csv(report["model_robustness"], os.path.join(args.output_dir, "model_robustness.csv"))
     plot(report["model_robustness"], os.path.join(args.output_dir, "model_robustness.png"))
     fmt = lambda value: "n/a" if value is None else f"{value:.3f}"  # noqa: E731
     lines = ["# Transferability of fingerprints to GAN samples\n",
@@ -247,6 +272,10 @@ def write_report(args, report):
              "|---|---|---|---|"]
     for name, row in report["table"].items():
         lines.append(f"| {name} data | {row['bit_accuracy']:.4f} | {row['detected_rate']:.4f} | {fmt(row['fid'])} |")
+    lines += ["\n## Generated images under image perturbations\n",
+              "| perturbation | strength | bit accuracy | detected as fingerprinted |", "|---|---|---|---|"]
+    lines += [f"| {row['perturbation']} | {row['strength']} | {row['bit_accuracy']:.4f} | {row['detected_rate']:.4f} |"
+              for row in report["image_robustness"]]
     lines += ["\n## Model perturbations\n", "![model robustness](model_robustness.png)\n",
               "| perturbation | strength | bit accuracy | FID |", "|---|---|---|---|"]
     lines += [f"| {row['perturbation']} | {row['strength']} | {row['bit_accuracy']:.4f} | {fmt(row['fid'])} |"

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import gan
+import perturbations
 import transferability
 
 
@@ -48,5 +49,6 @@ def test_transferability_smoke_run_writes_the_report(tmp_path):
     assert len(report["model_robustness"]) == len(transferability.QUANTISATION_DECIMALS) + len(
         transferability.WEIGHT_NOISE_STDS)
     assert 0 <= report["attribution"]["open_world_accuracy"] <= 1
-    for name in ["report.md", "report.json", "model_robustness.csv", "model_robustness.png"]:
+    assert {row["perturbation"] for row in report["image_robustness"]} == set(perturbations.PERTURBATIONS)
+    for name in ["report.md", "report.json", "image_robustness.csv", "model_robustness.csv", "model_robustness.png"]:
         assert os.path.getsize(tmp_path / name) > 0
