@@ -93,10 +93,10 @@ def change_files(source_dir, target_dir, change):
         image.save(os.path.join(target_dir, os.path.splitext(name)[0] + extension), **options)
 
 
-def detect(args, folder, output_dir, record):
+def detect(args, folder, output_dir, record, *extra):
     return detect_fingerprints.detect_folder(detect_fingerprints.parse_args([
         *model_flags(args), "--data_dir", folder, "--output_dir", output_dir, "--embedded_fingerprints", record,
-        "--fpr", str(args.fpr), "--cuda", str(args.cuda), *input_flags(args)]))
+        "--fpr", str(args.fpr), "--cuda", str(args.cuda), *extra]))
 
 
 def model_flags(args):
@@ -115,7 +115,9 @@ def measure(args):
         *encoder, "--data_dir", args.data_dir, "--output_dir", out("embedded"), "--cuda", str(args.cuda),
         "--seed", str(args.seed), *input_flags(args)]))
     record, pngs = out("embedded", "embedded_fingerprints.txt"), out("embedded", "fingerprinted_images")
-    rows = [dict(change="clean inputs (false positives)", **scores(detect(args, args.data_dir, out("clean"), record)))]
+    # The clean inputs are prepared as for embedding; the fingerprinted files already are.
+    clean = detect(args, args.data_dir, out("clean"), record, *input_flags(args))
+    rows = [dict(change="clean inputs (false positives)", **scores(clean))]
     for name, change in tqdm(FILE_CHANGES.items(), desc="file changes", unit="change"):
         folder = out("changed", name.replace(" ", "_").replace("/", "-"))
         change_files(pngs, folder, change)
