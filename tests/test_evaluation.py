@@ -129,18 +129,25 @@ def test_jpeg_approximation_tracks_real_jpeg():
         assert abs(psnr(approximation, images).mean() - psnr(real, images).mean()) < 2
 
 
-def test_jpeg_gradient_passes_smooth_changes_and_removes_fine_ones():
+@pytest.mark.parametrize("stand_in", sorted(perturbations.JPEG_STAND_INS))
+def test_jpeg_gradient_passes_smooth_changes_and_removes_fine_ones(stand_in):
+    if stand_in == "kornia":
+        pytest.importorskip("kornia", reason="requirements-kornia.txt (make test installs it)")
     images = sample_photo_batch(4).requires_grad_(True)
-    out = perturbations.jpeg_with_gradient(images, 50)
+    out = perturbations.jpeg_with_gradient(images, 50, stand_in)
     torch.testing.assert_close(out.detach(), perturbations.jpeg(images.detach(), 50))  # forward: real JPEG
     flat = torch.ones(32, 32)
     checkerboard = (torch.arange(32).view(1, 32) + torch.arange(32).view(32, 1)) % 2 * 2 - 1.0
     gains = []  # how much of a change along each pattern survives JPEG 50, per the gradient
     for pattern in (flat, checkerboard):
         images.grad = None
-        (perturbations.jpeg_with_gradient(images, 50) * pattern).sum().backward()
+        (perturbations.jpeg_with_gradient(images, 50, stand_in) * pattern).sum().backward()
         gains.append(((images.grad * pattern).sum() / pattern.square().sum() / images[:, :, 0, 0].numel()).item())
-    assert gains[0] > 0.8 and abs(gains[1]) < 0.2
+    assert abs(gains[1]) < 0.2
+    # Real JPEG 50 keeps a flat change. The approximation's gradient passes it whole; kornia's
+    # cubic rounding (slope 3 (x - round x)^2, a quarter on average) passes about a quarter,
+    # which is why its JPEG slices teach less (docs/robust_training.md).
+    assert gains[0] > 0.8 if stand_in == "approximation" else 0.1 < gains[0] < 0.4
 
 
 def test_training_augmentation_keeps_shape_range_and_gradients():
