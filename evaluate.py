@@ -24,7 +24,7 @@ from tqdm import tqdm
 import data
 import evaluation
 import perturbations
-from embed_fingerprints import add_model_argument, resolve_model
+from folders import add_model_argument, resolve_model
 from utils import (UserError, bit_accuracy, bits_from_logits, decode, encode, fingerprint_for, load_decoder,
                    load_encoder, load_model_config, psnr, run_cli, select_device)
 

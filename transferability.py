@@ -29,7 +29,8 @@ import time
 
 import torch
 
-import embed_fingerprints
+import embedding
+import folders
 import evaluation
 import gan
 import perturbations
@@ -66,7 +67,7 @@ def parse_args(argv=None):
     args.source_steps = args.source_steps or args.gan_steps
     if args.num_sources < 2:
         parser.error("--num_sources must be >= 2")
-    embed_fingerprints.resolve_model(parser, args, need_encoder=not args.smoke, need_decoder=not args.smoke)
+    folders.resolve_model(parser, args, need_encoder=not args.smoke, need_decoder=not args.smoke)
     return args
 
 
@@ -85,7 +86,7 @@ def smoke_models(args):
 def embed_identical(args, data_dir, name, seed):
     """Fingerprint the training set with one fingerprint; returns (folder, bits)."""
     output = os.path.join(args.output_dir, name)
-    embed_fingerprints.embed_folder(embed_fingerprints.parse_args(
+    embedding.embed_folder(embedding.parse_args(
         ["--encoder_path", args.encoder_path, "--data_dir", data_dir, "--output_dir", output,
          "--identical_fingerprints", "--seed", str(seed), "--cuda", str(args.cuda), "--num_workers", "0",
          *(["--recursive"] if args.recursive else []), *(["--image_resolution", "32"] if args.smoke else [])]))

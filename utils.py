@@ -67,7 +67,8 @@ def psnr(images, reference):
 
 def format_bits(bits):
     """A fingerprint (sequence of 0/1) as its text form, e.g. '0110'."""
-    return "".join("1" if int(bit) else "0" for bit in bits)
+    values = np.asarray(bits.cpu() if torch.is_tensor(bits) else bits).astype(np.int64) != 0
+    return (values.astype(np.uint8) + ord("0")).tobytes().decode("ascii")
 
 
 def parse_bits(text):
@@ -75,7 +76,7 @@ def parse_bits(text):
     text = text.strip()
     if not text or set(text) - {"0", "1"}:
         raise ValueError(f"not a bit string: {text[:40]!r}")
-    return torch.tensor([int(char) for char in text], dtype=torch.uint8)
+    return torch.from_numpy(np.frombuffer(text.encode("ascii"), dtype=np.uint8) - ord("0"))
 
 
 def fingerprint_line(name, bits):

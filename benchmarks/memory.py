@@ -19,18 +19,28 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-# Runs one command in a fresh process and prints the peak RSS of its largest
-# descendant: RUSAGE_CHILDREN covers only processes this wrapper waited for.
-MEASURE = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, cwd={root!r}); "
+# Runs one command in a fresh process and prints its wall time and the peak
+# RSS of its largest descendant: RUSAGE_CHILDREN covers only processes this
+# wrapper waited for.
+MEASURE = ("import resource, subprocess, sys, time; started = time.perf_counter(); "
+           "subprocess.run(sys.argv[1:], check=True, cwd={root!r}); "
+           "print('SECONDS', time.perf_counter() - started); "
            "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
+def measure_process(command):
+    """(wall seconds, peak RSS in MiB, stdout) of `command` run in a fresh process."""
+    result = subprocess.run([sys.executable, "-c", MEASURE.format(root=ROOT), *command],
+                            capture_output=True, text=True, check=True)
+    seconds = float(re.search(r"SECONDS ([\d.]+)", result.stdout).group(1))
+    peak_kb = int(re.search(r"PEAK_RSS_KB (\d+)", result.stdout).group(1))
+    return seconds, peak_kb / 1024, result.stdout
 
 
 def measure(command):
     """(peak RSS in MiB, stdout) of `command` run in a fresh process."""
-    result = subprocess.run([sys.executable, "-c", MEASURE.format(root=ROOT), *command],
-                            capture_output=True, text=True, check=True)
-    peak_kb = int(re.search(r"PEAK_RSS_KB (\d+)", result.stdout).group(1))
-    return peak_kb / 1024, result.stdout
+    _, peak, stdout = measure_process(command)
+    return peak, stdout
 
 
 def images_per_second(stdout):

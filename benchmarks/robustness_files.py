@@ -24,8 +24,8 @@ import numpy as np  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-import detect_fingerprints  # noqa: E402
-import embed_fingerprints  # noqa: E402
+import detection  # noqa: E402
+import embedding  # noqa: E402
 from utils import run_cli  # noqa: E402
 
 
@@ -94,7 +94,7 @@ def change_files(source_dir, target_dir, change):
 
 
 def detect(args, folder, output_dir, record, *extra):
-    return detect_fingerprints.detect_folder(detect_fingerprints.parse_args([
+    return detection.detect_folder(detection.parse_args([
         *model_flags(args), "--data_dir", folder, "--output_dir", output_dir, "--embedded_fingerprints", record,
         "--fpr", str(args.fpr), "--cuda", str(args.cuda), *extra]))
 
@@ -111,7 +111,7 @@ def input_flags(args):
 def measure(args):
     out = lambda *parts: os.path.join(args.output_dir, *parts)  # noqa: E731
     encoder = ["--model", args.model] if args.model else ["--encoder_path", args.encoder_path]
-    embedded = embed_fingerprints.embed_folder(embed_fingerprints.parse_args([
+    embedded = embedding.embed_folder(embedding.parse_args([
         *encoder, "--data_dir", args.data_dir, "--output_dir", out("embedded"), "--cuda", str(args.cuda),
         "--seed", str(args.seed), *input_flags(args)]))
     record, pngs = out("embedded", "embedded_fingerprints.txt"), out("embedded", "fingerprinted_images")

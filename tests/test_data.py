@@ -82,3 +82,24 @@ def test_uint8_quantisation_matches_png(tmp_path):
     reloaded = np.asarray(Image.open(tmp_path / "a.png"))
     assert (reloaded == saved[0].permute(1, 2, 0).numpy()).all()
     assert (data.to_float(saved) - images).abs().max() <= 0.5 / 255 + 1e-6
+
+
+def test_preprocess_matches_torchvision_pixel_for_pixel():
+    """data.preprocess avoids importing torchvision (start-up) but must give its exact pixels."""
+    from torchvision.transforms import functional as TF
+
+    def torchvision_preprocess(image, resolution, center_crop):
+        if center_crop:
+            image = TF.resize(TF.center_crop(image, [center_crop, center_crop]), [resolution, resolution],
+                              antialias=True)
+        else:
+            image = TF.center_crop(TF.resize(image, resolution, antialias=True), [resolution, resolution])
+        return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+
+    rng = np.random.default_rng(0)
+    for width, height in [(32, 32), (89, 109), (5, 8), (8, 5), (33, 31), (100, 17), (129, 128)]:
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        for resolution in (16, 32, 64):
+            for center_crop in (0, 16, 31, 74, 148):
+                assert torch.equal(data.preprocess(image, resolution, center_crop),
+                                   torchvision_preprocess(image, resolution, center_crop)), (width, height)

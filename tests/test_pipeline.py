@@ -171,3 +171,42 @@ def test_config_file_switches_semantics_without_flags(tmp_path, sample_folder):
     embed(sample_folder, tmp_path / "published", prefix + "_encoder.pth", "--image_resolution", "32")
     grey = np.asarray(Image.open(tmp_path / "published" / "fingerprinted_images" / name))
     assert (grey == 128).all()
+
+
+def test_a_failed_png_write_leaves_no_record_line_and_resume_redoes_it(tmp_path, sample_folder, monkeypatch):
+    """PNGs are written in background threads; a batch's record lines follow
+    only once all its files are on disk, so the record never names a missing file."""
+    import pytest
+
+    _, _, (encoder_path, _) = save_published_pair(tmp_path)
+    save_png, written = data.save_png, []
+
+    def failing_save_png(image, path):
+        if len(written) >= 9:
+            raise OSError("disk full")
+        save_png(image, path)
+        written.append(path)
+
+    monkeypatch.setattr(data, "save_png", failing_save_png)
+    with pytest.raises(OSError, match="disk full"):
+        embed(sample_folder, tmp_path / "out", encoder_path, "--image_resolution", "32", "--batch_size", "4")
+    recorded = [line.split()[0] for line in read_lines(tmp_path / "out" / "embedded_fingerprints.txt")]
+    assert len(recorded) == 8  # two whole batches of 4; the third lost an image
+    assert all((tmp_path / "out" / "fingerprinted_images" / name).exists() for name in recorded)
+    monkeypatch.setattr(data, "save_png", save_png)
+    embed(sample_folder, tmp_path / "out", encoder_path, "--image_resolution", "32", "--batch_size", "4", "--resume")
+    embed(sample_folder, tmp_path / "full", encoder_path, "--image_resolution", "32", "--batch_size", "4")
+    assert (tmp_path / "out" / "embedded_fingerprints.txt").read_bytes() == \
+        (tmp_path / "full" / "embedded_fingerprints.txt").read_bytes()
+
+
+def test_embed_and_detect_start_without_torchvision():
+    """torchvision's import pulls in the compiler stack (seconds of start-up per run)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, embedding, detection; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torchvision', 'matplotlib', 'scipy'}))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

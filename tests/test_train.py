@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-import detect_fingerprints
-import embed_fingerprints
+import detection
+import embedding
 import evaluate
 import perturbations
 import train
@@ -129,13 +129,13 @@ def test_end_to_end_train_embed_detect(tmp_path, recipe):
     PublishedEncoder(32, 3, 16).load_state_dict(torch.load(prefix + "_encoder.pth", weights_only=True))
     PublishedDecoder(32, 3, 16).load_state_dict(torch.load(prefix + "_decoder.pth", weights_only=True))
 
-    embed_fingerprints.embed_folder(embed_fingerprints.parse_args(
+    embedding.embed_folder(embedding.parse_args(
         ["--encoder_path", prefix + "_encoder.pth", "--data_dir", images, "--output_dir", str(tmp_path / "out"),
          "--cuda", "-1", "--num_workers", "0"]))
     registry = tmp_path / "registry.txt"  # the first 4 images' fingerprints, as 4 "sources"
     registry.write_text("".join(line + "\n" for line in
                                 open(tmp_path / "out" / "embedded_fingerprints.txt").read().splitlines()[:4]))
-    summary = detect_fingerprints.detect_folder(detect_fingerprints.parse_args(
+    summary = detection.detect_folder(detection.parse_args(
         ["--decoder_path", prefix + "_decoder.pth", "--data_dir", str(tmp_path / "out" / "fingerprinted_images"),
          "--output_dir", str(tmp_path / "det"), "--cuda", "-1", "--num_workers", "0",
          "--embedded_fingerprints", str(tmp_path / "out" / "embedded_fingerprints.txt"),

@@ -1,0 +1,174 @@
+"""What benchmarks/throughput.py compares our embed and detect with.
+
+    python benchmarks/baselines.py published-embed --encoder_path E --data_dir D --output_dir O --image_resolution 32
+    python benchmarks/baselines.py published-detect --decoder_path P --data_dir D --output_dir O --image_resolution 32
+    python benchmarks/baselines.py floor-embed --data_dir D --output_dir O --image_resolution 32
+    python benchmarks/baselines.py floor-detect --data_dir D --image_resolution 32
+
+published-*: the 2021 scripts' loop, restated from their behaviour (not
+their code): *.png/*.jpg/*.jpeg at the top of the folder, sorted; PIL
+decoding in the main process (DataLoader, no workers); torchvision Resize,
+CenterCrop and ToTensor (detect: ToTensor only); the published networks
+(tests/published_models.py) with autograd on, as the scripts run them;
+fingerprints drawn per batch with `random_`; every output kept in memory
+until the end, then one torchvision `save_image` per image and one record
+line each.
+
+floor-*: the I/O floor. Decode and prepare the same inputs and (embed)
+write the same PNG files with the same settings, spread over all cores
+with a process pool, and nothing else: no network, no record.
+"""
+
+import argparse
+import glob
+import os
+import sys
+from multiprocessing import Pool
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+FLOOR_CHUNK = 64  # images per task of the floor's process pool
+
+
+def published_files(data_dir):
+    files = []
+    for pattern in ("*.png", "*.jpeg", "*.jpg"):
+        files += glob.glob(os.path.join(data_dir, pattern))
+    return sorted(files)
+
+
+def published_device(cuda):
+    import torch
+
+    return torch.device("cpu") if cuda == -1 else torch.device("cuda:0")
+
+
+class PublishedFolder:
+    """(image tensor, 0) per file, decoded in the process that asks."""
+
+    def __init__(self, data_dir, transform):
+        self.filenames = published_files(data_dir)
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.filenames)
+
+    def __getitem__(self, index):
+        from PIL import Image
+
+        return self.transform(Image.open(self.filenames[index])), 0
+
+
+def published_embed(args):
+    import torch
+    from torch.utils.data import DataLoader
+    from torchvision import transforms
+    from torchvision.utils import save_image
+
+    from published_models import PublishedEncoder
+
+    state_dict = torch.load(args.encoder_path, map_location="cpu")
+    length = state_dict["secret_dense.weight"].shape[-1]
+    encoder = PublishedEncoder(args.image_resolution, 3, length)
+    encoder.load_state_dict(state_dict)
+    device = published_device(args.cuda)
+    encoder = encoder.to(device)
+    transform = transforms.Compose([transforms.Resize(args.image_resolution),
+                                    transforms.CenterCrop(args.image_resolution), transforms.ToTensor()])
+    dataset = PublishedFolder(args.data_dir, transform)
+    torch.manual_seed(args.seed)
+    outputs, fingerprints = [], []
+    for images, _ in DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=0):
+        bits = torch.zeros((args.batch_size, length), dtype=torch.float).random_(0, 2).to(device)
+        fingerprinted = encoder(bits[: images.size(0)], images.to(device))
+        outputs.append(fingerprinted.detach().cpu())
+        fingerprints.append(bits[: images.size(0)].detach().cpu())
+    os.makedirs(os.path.join(args.output_dir, "fingerprinted_images"), exist_ok=True)
+    outputs, fingerprints = torch.cat(outputs), torch.cat(fingerprints)
+    with open(os.path.join(args.output_dir, "embedded_fingerprints.txt"), "w") as record:
+        for index in range(len(outputs)):
+            name = os.path.basename(dataset.filenames[index]).split(".")[0] + ".png"
+            save_image(outputs[index], os.path.join(args.output_dir, "fingerprinted_images", name), padding=0)
+            record.write(f"{name} {''.join(map(str, fingerprints[index].long().numpy().tolist()))}\n")
+    print(f"published embed: {len(outputs)} images")
+
+
+def published_detect(args):
+    import torch
+    from torch.utils.data import DataLoader
+    from torchvision import transforms
+
+    from published_models import PublishedDecoder
+
+    state_dict = torch.load(args.decoder_path, map_location="cpu")
+    decoder = PublishedDecoder(args.image_resolution, 3, state_dict["dense.2.weight"].shape[0])
+    decoder.load_state_dict(state_dict)
+    device = published_device(args.cuda)
+    decoder = decoder.to(device)
+    dataset = PublishedFolder(args.data_dir, transforms.ToTensor())
+    detected = []
+    for images, _ in DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=0):
+        detected.append((decoder(images.to(device)) > 0).long().detach().cpu())
+    detected = torch.cat(detected)
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "detected_fingerprints.txt"), "w") as record:
+        for index in range(len(detected)):
+            name = os.path.basename(dataset.filenames[index]).split(".")[0] + ".png"
+            record.write(f"{name} {''.join(map(str, detected[index].numpy().tolist()))}\n")
+    print(f"published detect: {len(detected)} images")
+
+
+def floor_task(task):
+    """Decode and prepare a chunk of inputs; write each as PNG if an output folder is given."""
+    from PIL import Image
+
+    import data
+
+    paths, resolution, output_dir = task
+    for path in paths:
+        image = data.preprocess(data.load_rgb(path), resolution)
+        if output_dir:
+            name = os.path.splitext(os.path.basename(path))[0] + ".png"
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(os.path.join(output_dir, name), format="PNG",
+                                                                 compress_level=data.PNG_COMPRESS_LEVEL)
+    return len(paths)
+
+
+def io_floor(args, write):
+    import data
+
+    paths = [os.path.join(args.data_dir, name) for name in data.list_images(args.data_dir)]
+    output_dir = os.path.join(args.output_dir, "fingerprinted_images") if write else None
+    if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+    tasks = [(paths[start:start + FLOOR_CHUNK], args.image_resolution, output_dir)
+             for start in range(0, len(paths), FLOOR_CHUNK)]
+    with Pool(os.cpu_count()) as pool:
+        done = sum(pool.imap_unordered(floor_task, tasks))
+    print(f"I/O floor: {done} images")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("job", choices=["published-embed", "published-detect", "floor-embed", "floor-detect"])
+    parser.add_argument("--data_dir", required=True)
+    parser.add_argument("--output_dir", default=None)
+    parser.add_argument("--image_resolution", type=int, required=True)
+    parser.add_argument("--encoder_path", default=None)
+    parser.add_argument("--decoder_path", default=None)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--cuda", type=int, default=0, help="-1 = CPU, as the published scripts")
+    args = parser.parse_args()
+    if args.job == "published-embed":
+        published_embed(args)
+    elif args.job == "published-detect":
+        published_detect(args)
+    else:
+        io_floor(args, write=args.job == "floor-embed")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Decoding the fingerprints of a folder of images, scoring them against the
+expected ones and attributing them to a registry: the work behind
+detect_fingerprints.py, as plain functions."""
+
+import argparse
+import os
+
+import torch
+
+import data
+import evaluation
+import folders
+from utils import (UserError, bits_from_logits, decode, fingerprint_line, format_bits, init_distributed, load_decoder,
+                   parse_bits, read_fingerprint_file)
+
+RECORD_FILE = "detected_fingerprints.txt"
+ACCURACY_FILE = "bit_accuracy.csv"
+ATTRIBUTION_FILE = "attribution.csv"
+CONFUSION_FILE = "attribution_confusion.csv"
+
+
+def parse_args(argv=None, description=None):
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    folders.add_input_arguments(parser)
+    parser.add_argument("--decoder_path", default=None, help="decoder checkpoint (*_decoder.pth)")
+    folders.add_model_argument(parser)
+    truth = parser.add_mutually_exclusive_group()
+    truth.add_argument("--embedded_fingerprints", default=None,
+                       help="embedded_fingerprints.txt to compare with (matched by image name)")
+    truth.add_argument("--fingerprint", default=None, help="one bit string every image should carry")
+    parser.add_argument("--fpr", type=float, default=1e-6,
+                        help="false-positive rate of the 'fingerprinted' decision (binomial test; default 1e-6)")
+    parser.add_argument("--registry", default=None,
+                        help="known fingerprints ('name bits' per line): attribute each image to one, or unknown")
+    args = parser.parse_args(argv)
+    folders.resolve_model(parser, args, need_decoder=True)
+    if not 0 < args.fpr < 1:
+        parser.error("--fpr must be between 0 and 1")
+    folders.validate_input_arguments(parser, args)
+    if args.fingerprint is not None:
+        try:
+            args.fingerprint = parse_bits(args.fingerprint)
+        except ValueError as error:
+            parser.error(f"--fingerprint: {error}")
+    return args
+
+
+def detect_folder(args):
+    """Decode every image in args.data_dir; returns a summary dict."""
+    paths, names = folders.list_inputs(args)
+    context, device = init_distributed(args.cuda)
+    decoder, config = load_decoder(args.decoder_path, args.image_resolution)
+    decoder = folders.inference_model(decoder, device)
+    resolution = args.image_resolution or decoder.resolution
+    data.check_preprocessing(resolution, args.use_celeba_preprocessing)
+    expected = expected_fingerprints(args, decoder.fingerprint_size)
+
+    def decode_batch(indices, images):
+        bits = bits_from_logits(decode(decoder, config, folders.model_input(images, device))).cpu()
+        return [fingerprint_line(names[index], row) for index, row in zip(indices, bits)], []
+
+    results = folders.run_over_folder(args, context, device, paths, names, resolution, RECORD_FILE, decode_batch,
+                                      "detecting")
+    summary = folders.finish(args, context, names, RECORD_FILE, results)
+    detected_path = os.path.join(args.output_dir, RECORD_FILE)
+    if context.is_main and expected is not None:
+        summary.update(score_against(expected, detected_path, args.output_dir, args.fpr))
+    if context.is_main and args.registry:
+        summary.update(attribute_file(args.registry, detected_path, args.output_dir, args.fpr,
+                                      expected if isinstance(expected, dict) else None))
+    return summary
+
+
+def expected_fingerprints(args, length):
+    """{name: bits} to compare with, a single fingerprint, or None."""
+    if args.fingerprint is not None:
+        expected = args.fingerprint
+        lengths = {len(expected)}
+    elif args.embedded_fingerprints:
+        if not os.path.isfile(args.embedded_fingerprints):
+            raise UserError(f"--embedded_fingerprints {args.embedded_fingerprints}: no such file")
+        expected = read_fingerprint_file(args.embedded_fingerprints)
+        lengths = {len(bits) for bits in expected.values()}
+    else:
+        return None
+    if lengths - {length}:
+        raise UserError(f"expected fingerprints have {sorted(lengths)} bits, the decoder reads {length}")
+    return expected
+
+
+def score_against(expected, detected_path, output_dir, fpr):
+    """Per-image bit accuracy and detection decision of the detected file vs the expected bits."""
+    detected = read_fingerprint_file(detected_path)
+    rows = []
+    for name, bits in detected.items():
+        truth = expected if isinstance(expected, torch.Tensor) else expected.get(name)
+        if truth is not None:
+            rows.append((name, int(evaluation.matching_bits(bits, truth)), format_bits(truth)))
+    if not rows:
+        raise UserError("no detected image name matches the expected fingerprints")
+    length = len(rows[0][2])
+    threshold = evaluation.min_matching_bits(length, fpr)
+    with open(os.path.join(output_dir, ACCURACY_FILE), "w", encoding="utf-8") as file:
+        file.write("image,bit_accuracy,matching_bits,p_value,fingerprinted,expected\n")
+        file.writelines(f'"{name}",{matches / length:.6f},{matches},{evaluation.binomial_p_value(matches, length):.3e},'
+                        f'{int(matches >= threshold)},{bits}\n' for name, matches, bits in rows)
+    return dict(bit_accuracy=sum(matches for _, matches, _ in rows) / (length * len(rows)), scored=len(rows),
+                unmatched=len(detected) - len(rows), min_matching_bits=threshold,
+                detected_rate=sum(matches >= threshold for _, matches, _ in rows) / len(rows))
+
+
+def attribute_file(registry_path, detected_path, output_dir, fpr, embedded=None):
+    """Attribute every detected fingerprint to the registry (or 'unknown').
+
+    With the embedding record, each image's true source is the registry entry
+    holding its embedded fingerprint ('unknown' if none): closed-world
+    accuracy (registered images only), open-world accuracy (all) and a
+    confusion table are reported too."""
+    if not os.path.isfile(registry_path):
+        raise UserError(f"--registry {registry_path}: no such file")
+    registry = read_fingerprint_file(registry_path)
+    detected = read_fingerprint_file(detected_path)
+    if {len(bits) for bits in registry.values()} != {len(next(iter(detected.values())))}:
+        raise UserError(f"--registry {registry_path}: fingerprints of another length than the decoder's")
+    attributed, matches = evaluation.attribute(torch.stack(list(detected.values())), list(registry),
+                                               torch.stack(list(registry.values())), fpr)
+    with open(os.path.join(output_dir, ATTRIBUTION_FILE), "w", encoding="utf-8") as file:
+        file.write("image,attributed_to,matching_bits\n")
+        file.writelines(f'"{name}","{owner}",{int(count)}\n'
+                        for name, owner, count in zip(detected, attributed, matches))
+    counts = {}
+    for owner in attributed:
+        counts[owner] = counts.get(owner, 0) + 1
+    summary = dict(attribution=counts)
+    if embedded is not None:
+        summary.update(attribution_scores(registry, detected, attributed, embedded, output_dir))
+    return summary
+
+
+def attribution_scores(registry, detected, attributed, embedded, output_dir):
+    owners = {format_bits(bits): name for name, bits in registry.items()}
+    truth = [owners.get(format_bits(embedded[name]), evaluation.UNKNOWN) if name in embedded else evaluation.UNKNOWN
+             for name in detected]
+    closed = [i for i, name in enumerate(truth) if name != evaluation.UNKNOWN]
+    table = evaluation.confusion_table(attributed, truth)
+    with open(os.path.join(output_dir, CONFUSION_FILE), "w", encoding="utf-8") as file:
+        file.write("true_source,attributed_to,images\n")
+        file.writelines(f'"{true}","{owner}",{count}\n' for (true, owner), count in sorted(table.items()))
+    return dict(closed_world_accuracy=evaluation.attribution_accuracy([attributed[i] for i in closed],
+                                                                      [truth[i] for i in closed]),
+                open_world_accuracy=evaluation.attribution_accuracy(attributed, truth))
