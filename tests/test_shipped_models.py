@@ -6,28 +6,39 @@ import tarfile
 
 import pytest
 
-import detect_fingerprints
-import embed_fingerprints
+import demo
+import detection
+import embedding
 from conftest import SHARED_DATA
-from embed_fingerprints import shipped_models
+from utils import shipped_models
 
 MODELS = shipped_models()
-DATASET_FOR = {"cifar10_32": ("cifar10-train.tar.gz", []), "celeba_64": ("celeba-small-89x109.tar.gz",
-                                                                         ["--center_crop", "74"])}
+CIFAR10, CELEBA = ("cifar10-train.tar.gz", []), ("celeba-small-89x109.tar.gz", ["--center_crop", "74"])
+DATASET_FOR = {"cifar10_32": CIFAR10, "cifar10_32_robust": CIFAR10, "celeba_64": CELEBA, "celeba_64_robust": CELEBA}
 
 
 def round_trip(model, images, output, *extra):
-    embed_fingerprints.embed_folder(embed_fingerprints.parse_args(
+    embedding.embed_folder(embedding.parse_args(
         ["--model", model, "--data_dir", str(images), "--output_dir", str(output / "emb"), "--cuda", "-1",
          "--num_workers", "0", *extra]))
-    return detect_fingerprints.detect_folder(detect_fingerprints.parse_args(
+    return detection.detect_folder(detection.parse_args(
         ["--model", model, "--data_dir", str(output / "emb" / "fingerprinted_images"),
          "--output_dir", str(output / "det"), "--cuda", "-1", "--num_workers", "0",
          "--embedded_fingerprints", str(output / "emb" / "embedded_fingerprints.txt")]))
 
 
 def test_a_model_is_shipped():
-    assert "cifar10_32" in MODELS
+    assert {"cifar10_32", "cifar10_32_robust"} <= set(MODELS)
+
+
+@pytest.mark.parametrize("model", [m for m in MODELS if m.endswith("_robust")])
+def test_robust_model_survives_a_jpeg_50_resave_of_the_files(model, sample_folder, tmp_path):
+    round_trip(model, sample_folder, tmp_path)
+    jpegs = demo.save_as_jpeg(str(tmp_path / "emb" / "fingerprinted_images"), str(tmp_path / "jpeg"), 50)
+    summary = detection.detect_folder(detection.parse_args(
+        ["--model", model, "--data_dir", jpegs, "--output_dir", str(tmp_path / "det_jpeg"), "--cuda", "-1",
+         "--num_workers", "0", "--embedded_fingerprints", str(tmp_path / "emb" / "embedded_fingerprints.txt")]))
+    assert summary["bit_accuracy"] >= 0.9
 
 
 @pytest.mark.parametrize("model", MODELS)
