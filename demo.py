@@ -19,7 +19,7 @@ from PIL import Image
 
 import detection
 import embedding
-import train
+import training
 from sample_images import write_sample_images
 from utils import run_cli
 
@@ -42,7 +42,7 @@ def parse_args(argv=None):
 def trained_model(args, images, common):
     print(f"[2/5] training {args.image_resolution}x{args.image_resolution}, {args.fingerprint_length} bits, "
           f"{args.steps} steps")
-    _, prefix = train.train(train.parse_args([
+    _, prefix = training.train(training.parse_args([
         "--data_dir", images, "--output_dir", os.path.join(args.output_dir, "training"),
         "--image_resolution", str(args.image_resolution), "--fingerprint_length", str(args.fingerprint_length),
         "--max_steps", str(args.steps), "--num_holdout", "0", "--image_interval", str(args.steps), *common]))

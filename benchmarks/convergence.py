@@ -15,12 +15,12 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import train  # noqa: E402
+import training  # noqa: E402
 
 
 def steps_to_target(args, seed, output):
     """First logged step whose batch bit accuracy is >= target, or None."""
-    final, _ = train.train(train.parse_args([
+    final, _ = training.train(training.parse_args([
         "--data_dir", args.data_dir, "--output_dir", output, "--recipe", args.recipe, "--seed", str(seed),
         "--image_resolution", str(args.image_resolution), "--fingerprint_length", str(args.fingerprint_length),
         "--batch_size", "64", "--max_steps", str(args.max_steps), "--log_interval", str(args.log_interval),

@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import perturbations  # noqa: E402
-import train  # noqa: E402
+import training  # noqa: E402
 from utils import run_cli  # noqa: E402
 
 import robustness_files  # noqa: E402
@@ -32,7 +32,7 @@ COLUMNS = ["png (unchanged)", "jpeg 95", "jpeg 50", "blur kernel 5", "noise std 
 def run(stand_in, args):
     output = os.path.join(args.output_dir, stand_in)
     started = time.time()
-    final, prefix = train.train(train.parse_args([
+    final, prefix = training.train(training.parse_args([
         "--data_dir", args.data_dir, "--output_dir", output, "--image_resolution", str(args.image_resolution),
         "--fingerprint_length", str(args.fingerprint_length), "--max_steps", str(args.steps),
         "--num_holdout", str(args.num_holdout), "--seed", str(args.seed), "--cuda", "-1", "--augment", "--bf16",

@@ -28,14 +28,14 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 import data  # noqa: E402
-import train  # noqa: E402
+import training  # noqa: E402
 
 SIZES = {"small": dict(steps=600, num_images=512), "medium": dict(steps=3000, num_images=5000)}
 
 
 def run_recipe(recipe, seed, args, images, output):
     steps = args.paper_steps if recipe == "paper" else args.steps
-    train_args = train.parse_args([
+    train_args = training.parse_args([
         "--data_dir", images, "--output_dir", output, "--recipe", recipe, "--seed", str(seed),
         "--image_resolution", str(args.image_resolution), "--fingerprint_length", str(args.fingerprint_length),
         "--batch_size", "64", "--max_steps", str(steps), "--log_interval", str(args.log_interval),
@@ -43,7 +43,7 @@ def run_recipe(recipe, seed, args, images, output):
         "--image_interval", str(10 ** 9), "--checkpoint_interval", str(10 ** 9),
         *(["--recursive"] if args.recursive else []), *(["--bf16"] if args.bf16 else [])])
     started = time.time()
-    final, _ = train.train(train_args)
+    final, _ = training.train(train_args)
     rows = [json.loads(line) for line in open(os.path.join(output, "metrics.jsonl"))]
     first = lambda test: next((row["step"] for row in rows if test(row)), None)  # noqa: E731
     return dict(recipe=recipe, seed=seed, steps=steps, bf16=train_args.bf16,
@@ -66,7 +66,7 @@ def published_loop_speed(images, args, steps=100):
 def cached_loop_speed(images, args, steps=100):
     """Steps/s of our loop on CPU: images decoded once, batches indexed from
     memory, channels-last (the CPU default), bf16 autocast with --bf16."""
-    cache, _ = train.training_data(train.parse_args([
+    cache, _ = training.training_data(training.parse_args([
         "--data_dir", images, "--output_dir", tempfile.gettempdir(), "--num_holdout", "0",
         "--image_resolution", str(args.image_resolution), *(["--recursive"] if args.recursive else [])]))
     batches = (cache[torch.randint(len(cache), (64,))] for _ in range(10 ** 9))
@@ -74,11 +74,11 @@ def cached_loop_speed(images, args, steps=100):
 
 
 def loop_speed(args, batches, steps, memory_format, bf16):
-    train_args = train.parse_args(["--data_dir", ".", "--output_dir", ".", "--recipe", "paper",
+    train_args = training.parse_args(["--data_dir", ".", "--output_dir", ".", "--recipe", "paper",
                                    "--image_resolution", str(args.image_resolution),
                                    "--fingerprint_length", str(args.fingerprint_length),
                                    *(["--bf16"] if bf16 else [])])
-    encoder, decoder, config = train.build_models(train_args)
+    encoder, decoder, config = training.build_models(train_args)
     encoder, decoder = encoder.to(memory_format=memory_format), decoder.to(memory_format=memory_format)
     optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=1e-4)
     started = None
@@ -89,7 +89,7 @@ def loop_speed(args, batches, steps, memory_format, bf16):
             break
         images = data.to_float(batch).contiguous(memory_format=memory_format)
         bits = torch.randint(0, 2, (len(images), args.fingerprint_length)).float()
-        train.training_step((encoder, decoder, config), optimizer, images, bits, dict(l2=1.0), train_args)
+        training.training_step((encoder, decoder, config), optimizer, images, bits, dict(l2=1.0), train_args)
     return steps / (time.time() - started)
 
 

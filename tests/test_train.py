@@ -10,13 +10,13 @@ import detection
 import embedding
 import evaluate
 import perturbations
-import train
+import training
 import utils
 from published_models import PublishedDecoder, PublishedEncoder
 
 
 def train_args(data_dir, output_dir, *extra):
-    return train.parse_args(["--data_dir", str(data_dir), "--output_dir", str(output_dir), "--cuda", "-1",
+    return training.parse_args(["--data_dir", str(data_dir), "--output_dir", str(output_dir), "--cuda", "-1",
                              "--num_workers", "0", *extra])
 
 
@@ -34,33 +34,33 @@ def test_recipe_switch_sets_published_defaults(tmp_path):
 
 def test_learning_rate_schedules():
     paper, fast = train_args("x", "y", "--recipe", "paper"), train_args("x", "y")
-    assert [train.learning_rate(step, 1000, paper) for step in (1, 500, 1000)] == [1e-4] * 3
-    assert train.learning_rate(50, 1000, fast) == pytest.approx(1.5e-4)  # warm-up
-    assert train.learning_rate(900, 1000, fast) == pytest.approx(3e-4)
-    assert train.learning_rate(901, 1000, fast) == pytest.approx(1e-4)  # the last 10 %
+    assert [training.learning_rate(step, 1000, paper) for step in (1, 500, 1000)] == [1e-4] * 3
+    assert training.learning_rate(50, 1000, fast) == pytest.approx(1.5e-4)  # warm-up
+    assert training.learning_rate(900, 1000, fast) == pytest.approx(3e-4)
+    assert training.learning_rate(901, 1000, fast) == pytest.approx(1e-4)  # the last 10 %
 
 
 def test_published_l2_schedule():
     args = train_args("x", "y", "--recipe", "paper")
-    assert train.l2_weight(5000, None, args) == 0  # never activated
-    assert train.l2_weight(1000 + 1000, 1000, args) == 0  # still awaiting
-    assert train.l2_weight(1000 + 1000 + 1500, 1000, args) == pytest.approx(5)  # half-way up the ramp
-    assert train.l2_weight(10 ** 6, 1000, args) == 10
+    assert training.l2_weight(5000, None, args) == 0  # never activated
+    assert training.l2_weight(1000 + 1000, 1000, args) == 0  # still awaiting
+    assert training.l2_weight(1000 + 1000 + 1500, 1000, args) == pytest.approx(5)  # half-way up the ramp
+    assert training.l2_weight(10 ** 6, 1000, args) == 10
 
 
 def test_target_psnr_scales_the_l2_weight_towards_the_target():
     args = train_args("x", "y", "--target_psnr", "30")
-    assert train.adapt_l2_scale(1.0, 25.0, args) > 1.0 > train.adapt_l2_scale(1.0, 35.0, args)
-    assert train.adapt_l2_scale(2.0, 30.0, args) == 2.0
-    assert train.adapt_l2_scale(100.0, 0.0, args) == 100.0 and train.adapt_l2_scale(0.1, 60.0, args) == 0.1
+    assert training.adapt_l2_scale(1.0, 25.0, args) > 1.0 > training.adapt_l2_scale(1.0, 35.0, args)
+    assert training.adapt_l2_scale(2.0, 30.0, args) == 2.0
+    assert training.adapt_l2_scale(100.0, 0.0, args) == 100.0 and training.adapt_l2_scale(0.1, 60.0, args) == 0.1
 
 
 def test_target_psnr_raises_the_l2_weight_of_a_run_below_it(tmp_path, sample_folder, monkeypatch):
-    monkeypatch.setattr(train, "L2_ACTIVATION_ACCURACY", 0.0)  # the L2 ramp starts at step 1
+    monkeypatch.setattr(training, "L2_ACTIVATION_ACCURACY", 0.0)  # the L2 ramp starts at step 1
     common = ["--image_resolution", "16", "--fingerprint_length", "4", "--batch_size", "8", "--num_holdout", "0",
               "--max_steps", "20", "--log_interval", "20", "--l2_loss_ramp", "1", "--l2_loss_weight", "1"]
-    train.train(train_args(sample_folder, tmp_path / "held", *common, "--target_psnr", "80"))
-    train.train(train_args(sample_folder, tmp_path / "free", *common))
+    training.train(train_args(sample_folder, tmp_path / "held", *common, "--target_psnr", "80"))
+    training.train(train_args(sample_folder, tmp_path / "free", *common))
     held, free = (json.loads(open(tmp_path / run / "metrics.jsonl").readline()) for run in ("held", "free"))
     assert free["l2_weight"] == 1 and held["l2_weight"] > 2  # 80 dB is out of reach: the weight only rises
 
@@ -69,13 +69,13 @@ def test_weight_average_follows_the_trained_weights_at_the_decay():
     trained, averaged = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     for step, decay in [(0, 0.1), (10, 0.55), (10 ** 6, 0.9)]:  # early steps: (1 + step) / (10 + step)
         torch.nn.init.zeros_(trained.weight), torch.nn.init.ones_(averaged.weight)
-        train.update_average((averaged,), (trained,), step, 0.9)
+        training.update_average((averaged,), (trained,), step, 0.9)
         assert torch.allclose(averaged.weight, torch.full((2, 2), decay))
 
 
 def test_bf16_on_cpu_refuses_16x16(tmp_path, sample_folder):
     with pytest.raises(utils.UserError, match="--image_resolution >= 32"):
-        train.train(train_args(sample_folder, tmp_path, "--image_resolution", "16", "--bf16", "--max_steps", "1"))
+        training.train(train_args(sample_folder, tmp_path, "--image_resolution", "16", "--bf16", "--max_steps", "1"))
 
 
 def final_weights(prefix):
@@ -86,9 +86,9 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path, sample_folder):
     # No lr tail: where it starts depends on --max_steps, which this test changes.
     common = ["--image_resolution", "16", "--fingerprint_length", "4", "--batch_size", "8", "--num_holdout", "4",
               "--lr_tail", "0"]
-    _, full = train.train(train_args(sample_folder, tmp_path / "full", *common, "--max_steps", "10"))
-    _, first = train.train(train_args(sample_folder, tmp_path / "cut", *common, "--max_steps", "6"))
-    final, resumed = train.train(train_args(sample_folder, tmp_path / "cut", *common, "--max_steps", "10",
+    _, full = training.train(train_args(sample_folder, tmp_path / "full", *common, "--max_steps", "10"))
+    _, first = training.train(train_args(sample_folder, tmp_path / "cut", *common, "--max_steps", "6"))
+    final, resumed = training.train(train_args(sample_folder, tmp_path / "cut", *common, "--max_steps", "10",
                                             "--resume"))
     assert resumed == first and final["step"] == 10
     weights, expected = final_weights(resumed), final_weights(full)
@@ -98,7 +98,7 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path, sample_folder):
 def test_run_folder_contents(tmp_path, sample_folder):
     args = train_args(sample_folder, tmp_path, "--image_resolution", "16", "--fingerprint_length", "4",
                       "--batch_size", "8", "--max_steps", "4", "--log_interval", "2", "--image_interval", "2")
-    _, prefix = train.train(args)
+    _, prefix = training.train(args)
     recorded = json.load(open(tmp_path / "args.json"))
     assert recorded["fingerprint_length"] == 4
     assert recorded["channels_last"] is True  # the CPU default, resolved and recorded
@@ -122,7 +122,7 @@ def test_end_to_end_train_embed_detect(tmp_path, recipe):
     from sample_images import write_sample_images
 
     images = write_sample_images(str(tmp_path / "images"), count=256, size=48)
-    final, prefix = train.train(train_args(images, tmp_path / "run", "--image_resolution", "32",
+    final, prefix = training.train(train_args(images, tmp_path / "run", "--image_resolution", "32",
                                            "--fingerprint_length", "16", "--recipe", recipe,
                                            "--max_steps", "300", "--num_holdout", "0"))
     # Our checkpoints load into the published classes.
@@ -172,8 +172,8 @@ def test_end_to_end_train_embed_detect(tmp_path, recipe):
 def test_streaming_when_the_cache_would_not_fit_matches_cached_training(tmp_path, sample_folder):
     common = ["--image_resolution", "16", "--fingerprint_length", "4", "--batch_size", "8", "--num_holdout", "4",
               "--max_steps", "6"]
-    _, cached = train.train(train_args(sample_folder, tmp_path / "cached", *common))
-    _, streamed = train.train(train_args(sample_folder, tmp_path / "streamed", *common, "--cache_gb", "0"))
+    _, cached = training.train(train_args(sample_folder, tmp_path / "cached", *common))
+    _, streamed = training.train(train_args(sample_folder, tmp_path / "streamed", *common, "--cache_gb", "0"))
     weights, expected = final_weights(streamed), final_weights(cached)
     assert all(torch.allclose(weights[key], expected[key], atol=1e-6) for key in expected)
 
@@ -181,9 +181,9 @@ def test_streaming_when_the_cache_would_not_fit_matches_cached_training(tmp_path
 def test_stop_at_bit_acc_ends_training_at_the_first_logged_step_that_reaches_it(tmp_path, sample_folder):
     common = ["--image_resolution", "16", "--fingerprint_length", "4", "--batch_size", "8", "--num_holdout", "0",
               "--max_steps", "10", "--log_interval", "4"]
-    final, _ = train.train(train_args(sample_folder, tmp_path / "early", *common, "--stop_at_bit_acc", "0.01"))
+    final, _ = training.train(train_args(sample_folder, tmp_path / "early", *common, "--stop_at_bit_acc", "0.01"))
     assert final["step"] == 4  # the first logged step; any batch accuracy passes 0.01
-    final, _ = train.train(train_args(sample_folder, tmp_path / "never", *common, "--stop_at_bit_acc", "1.01"))
+    final, _ = training.train(train_args(sample_folder, tmp_path / "never", *common, "--stop_at_bit_acc", "1.01"))
     assert final["step"] == 10
 
 
@@ -191,9 +191,9 @@ def test_init_from_a_shipped_model_starts_where_it_left_off(tmp_path, sample_fol
     # A learning rate too small to move the weights: what is measured is the starting point.
     common = ["--image_resolution", "32", "--fingerprint_length", "100", "--batch_size", "8", "--num_holdout", "8",
               "--max_steps", "1", "--lr", "1e-12"]
-    initialised, prefix = train.train(train_args(sample_folder, tmp_path / "init", *common,
+    initialised, prefix = training.train(train_args(sample_folder, tmp_path / "init", *common,
                                                  "--init_from", "cifar10_32"))
-    scratch, _ = train.train(train_args(sample_folder, tmp_path / "scratch", *common))
+    scratch, _ = training.train(train_args(sample_folder, tmp_path / "scratch", *common))
     assert initialised["heldout_bit_acc"] >= 0.95 > 0.7 > scratch["heldout_bit_acc"]
     shipped = final_weights(os.path.join(utils.SAVED_MODELS, "cifar10_32"))
     weights = final_weights(prefix)
@@ -204,8 +204,8 @@ def test_init_from_a_shipped_model_starts_where_it_left_off(tmp_path, sample_fol
 def test_init_from_an_encoder_path_takes_its_pair_and_meaning(tmp_path, sample_folder):
     common = ["--image_resolution", "16", "--fingerprint_length", "4", "--batch_size", "8", "--num_holdout", "0",
               "--max_steps", "2"]
-    _, source = train.train(train_args(sample_folder, tmp_path / "source", *common, "--recipe", "paper"))
-    _, prefix = train.train(train_args(sample_folder, tmp_path / "tuned", *common, "--lr", "1e-12",
+    _, source = training.train(train_args(sample_folder, tmp_path / "source", *common, "--recipe", "paper"))
+    _, prefix = training.train(train_args(sample_folder, tmp_path / "tuned", *common, "--lr", "1e-12",
                                        "--init_from", source + "_encoder.pth"))
     weights, expected = final_weights(prefix), final_weights(source)
     assert all(torch.allclose(weights[key], expected[key], atol=1e-6) for key in expected)
@@ -218,9 +218,9 @@ def test_init_from_an_encoder_path_takes_its_pair_and_meaning(tmp_path, sample_f
 ])
 def test_init_from_a_mismatched_pair_is_refused(tmp_path, sample_folder, extra, message):
     with pytest.raises(utils.UserError, match=message):
-        train.train(train_args(sample_folder, tmp_path, "--max_steps", "1", "--init_from", "cifar10_32", *extra))
+        training.train(train_args(sample_folder, tmp_path, "--max_steps", "1", "--init_from", "cifar10_32", *extra))
 
 
 def test_init_from_an_unknown_name_is_refused(tmp_path, sample_folder):
     with pytest.raises(utils.UserError, match="neither a shipped model"):
-        train.train(train_args(sample_folder, tmp_path, "--max_steps", "1", "--init_from", "no_such_model"))
+        training.train(train_args(sample_folder, tmp_path, "--max_steps", "1", "--init_from", "no_such_model"))
