@@ -6,7 +6,6 @@ what is done), torchrun sharding into part files, the batch loop with its
 decode workers and PNG writers, and the summary.
 """
 
-import ctypes
 import glob
 import os
 import time
@@ -23,7 +22,6 @@ from utils import (UserError, append_lines, barrier, close_distributed, complete
 
 PNG_WRITERS = 2  # threads; Pillow's zlib releases the GIL
 BATCHES_IN_FLIGHT = 2  # batches whose PNGs may still be writing while the next is computed
-GLIBC_M_TRIM_THRESHOLD, GLIBC_M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
 
 
 # --- flags -------------------------------------------------------------------
@@ -125,22 +123,6 @@ def model_input(images, device):
     return data.to_float(images).contiguous(memory_format=torch.channels_last)
 
 
-def reuse_freed_memory():
-    """Keep freed memory in the process for the next batch (glibc only).
-
-    glibc maps every block above 32 MB fresh from the kernel and unmaps it
-    on free; at 128 px one batch's activations are such blocks, and the
-    kernel zero-filling their pages again for every batch took a third of
-    the run. From the heap, each batch reuses the last one's memory, so
-    the peak stays what one batch needs, whatever the folder's size."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(GLIBC_M_MMAP_MAX, 0)
-    libc.mallopt(GLIBC_M_TRIM_THRESHOLD, 2**31 - 1)
-
-
 class PngWriter:
     """Writes a batch's PNGs in background threads; its record lines are
     appended only once all of them are on disk, so a line in the record
@@ -176,7 +158,6 @@ def run_over_folder(args, context, device, paths, names, resolution, record_file
     (record lines, [(uint8 image c h w, PNG path), ...] to save).
     Returns this process's results for `finish`.
     """
-    reuse_freed_memory()
     pending, record = open_pending(args, names, record_file, context)
     crop = data.center_crop_for(args.use_celeba_preprocessing, args.center_crop)
     dataset = data.ImageFiles(args.data_dir, paths, resolution, crop)
