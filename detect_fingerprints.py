@@ -10,6 +10,10 @@ accuracy per image (bit_accuracy.csv) and on average.
 
 import os
 
+# Decode workers and PNG writers share the cores with torch's threads: idle
+# OpenMP threads sleep instead of spinning (must be set before torch loads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from detection import (ACCURACY_FILE, ATTRIBUTION_FILE, CONFUSION_FILE, RECORD_FILE, detect_folder,
                        parse_args as parse_detection_args)
 from utils import run_cli

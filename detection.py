@@ -4,6 +4,7 @@ detect_fingerprints.py, as plain functions."""
 
 import argparse
 import os
+from functools import partial
 
 import torch
 
@@ -55,8 +56,12 @@ def detect_folder(args):
     data.check_preprocessing(resolution, args.use_celeba_preprocessing)
     expected = expected_fingerprints(args, decoder.fingerprint_size)
 
+    sub_batch = folders.sub_batch_size(resolution, device)
+
     def decode_batch(indices, images):
-        bits = bits_from_logits(decode(decoder, config, folders.model_input(images, device))).cpu()
+        logits = folders.in_sub_batches(partial(decode, decoder, config), sub_batch,
+                                        folders.model_input(images, device))
+        bits = bits_from_logits(logits).cpu()
         return [fingerprint_line(names[index], row) for index, row in zip(indices, bits)], []
 
     results = folders.run_over_folder(args, context, device, paths, names, resolution, RECORD_FILE, decode_batch,

@@ -10,6 +10,10 @@ run continues with --resume), and out/skipped.txt for unreadable files.
 
 import os
 
+# Decode workers and PNG writers share the cores with torch's threads: idle
+# OpenMP threads sleep instead of spinning (must be set before torch loads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from embedding import IMAGE_FOLDER, RECORD_FILE, embed_folder, parse_args as parse_embedding_args
 from utils import run_cli
 

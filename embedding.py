@@ -4,6 +4,7 @@ transferability experiment call them directly)."""
 
 import argparse
 import os
+from functools import partial
 
 import numpy as np
 import torch
@@ -84,15 +85,19 @@ def embed_folder(args):
         remove_partial_files(images_dir)
     barrier(context)
     psnrs, accuracies = [], []
+    sub_batch = folders.sub_batch_size(resolution, device)
 
     def fingerprint_batch(indices, images):
         fingerprints = torch.from_numpy(np.stack([fingerprint_for(int(index), encoder.fingerprint_size, args.seed,
                                                                   args.identical_fingerprints) for index in indices]))
         clean = folders.model_input(images, device)
-        saved = data.to_uint8(encode(encoder, config, fingerprints.float().to(device), clean)).cpu()
+        fingerprinted = folders.in_sub_batches(partial(encode, encoder, config), sub_batch,
+                                               fingerprints.float().to(device), clean)
+        saved = data.to_uint8(fingerprinted).cpu()
         psnrs.append(psnr(data.to_float(saved), clean.cpu()))
         if decoder is not None:
-            logits = decode(decoder, config, folders.model_input(saved, device))
+            logits = folders.in_sub_batches(partial(decode, decoder, config), sub_batch,
+                                            folders.model_input(saved, device))
             accuracies.append(bit_accuracy(bits_from_logits(logits).cpu(), fingerprints))
         lines = [fingerprint_line(names[index], bits) for index, bits in zip(indices, fingerprints)]
         return lines, [(image, os.path.join(images_dir, names[index])) for index, image in zip(indices, saved)]

@@ -134,9 +134,10 @@ def atomic_write(path, write, unique_name=False):
     try:
         write(temp_path)
         os.replace(temp_path, path)
-    finally:
+    except BaseException:
         if os.path.exists(temp_path):
             os.remove(temp_path)
+        raise
 
 
 def save_checkpoint(obj, path):

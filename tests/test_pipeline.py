@@ -5,6 +5,7 @@ import os
 import re
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -47,16 +48,17 @@ def detect(data_dir, output_dir, decoder_path, *extra):
     return detect_fingerprints.detect_folder(args)
 
 
-def test_published_checkpoints_give_published_pixels_and_bits(tmp_path, sample_folder):
-    encoder, decoder, (encoder_path, decoder_path) = save_published_pair(tmp_path)
-    embed(sample_folder, tmp_path / "out", encoder_path, "--image_resolution", "32", "--batch_size", "7")
+@pytest.mark.parametrize("resolution", [32, 128])  # 128 px: the CPU splits each batch (folders.sub_batch_size)
+def test_published_checkpoints_give_published_pixels_and_bits(tmp_path, sample_folder, resolution):
+    encoder, decoder, (encoder_path, decoder_path) = save_published_pair(tmp_path, resolution)
+    embed(sample_folder, tmp_path / "out", encoder_path, "--image_resolution", str(resolution), "--batch_size", "7")
     lines = read_lines(tmp_path / "out" / "embedded_fingerprints.txt")
     files = sorted(os.listdir(sample_folder))
     assert [line.split()[0] for line in lines] == files
     for index, (name, line) in enumerate(zip(files, lines)):
         bits = utils.parse_bits(line.split()[1])
         assert bits.tolist() == utils.fingerprint_for(index, 16, 42).tolist()
-        clean = data.to_float(data.preprocess(data.load_rgb(f"{sample_folder}/{name}"), 32))[None]
+        clean = data.to_float(data.preprocess(data.load_rgb(f"{sample_folder}/{name}"), resolution))[None]
         with torch.no_grad():
             expected = encoder(bits[None].float(), clean)[0].permute(1, 2, 0).numpy() * 255
         saved = np.asarray(Image.open(tmp_path / "out" / "fingerprinted_images" / name), dtype=np.float64)

@@ -2,6 +2,7 @@
 
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -105,3 +106,21 @@ def test_record_resume_drops_a_half_written_line(tmp_path):
         utils.append_lines(record, ["b.png 11\n"])
     assert done == ["a.png"]
     assert open(path).read() == "a.png 01\nb.png 11\n"
+
+
+def test_atomic_write_leaves_the_old_file_or_the_new_one_and_no_temp_file(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+
+    def failing_write(temp_path):
+        with open(temp_path, "w") as file:
+            file.write("half")
+        raise OSError("disk full")
+
+    for unique_name in (False, True):
+        with pytest.raises(OSError):
+            utils.atomic_write(str(target), failing_write, unique_name=unique_name)
+        assert target.read_text() == "old" and os.listdir(tmp_path) == ["out.txt"]
+        utils.atomic_write(str(target), lambda temp_path: Path(temp_path).write_text("new"), unique_name=unique_name)
+        assert target.read_text() == "new" and os.listdir(tmp_path) == ["out.txt"]
+        target.write_text("old")
