@@ -56,12 +56,10 @@ def detect_folder(args):
     data.check_preprocessing(resolution, args.use_celeba_preprocessing)
     expected = expected_fingerprints(args, decoder.fingerprint_size)
 
-    sub_batch = folders.sub_batch_size(resolution, device)
+    decode_images = folders.in_sub_batches(partial(decode, decoder, config), folders.sub_batch_size(decoder, device))
 
     def decode_batch(indices, images):
-        logits = folders.in_sub_batches(partial(decode, decoder, config), sub_batch,
-                                        folders.model_input(images, device))
-        bits = bits_from_logits(logits).cpu()
+        bits = bits_from_logits(decode_images(folders.model_input(images, device))).cpu()
         return [fingerprint_line(names[index], row) for index, row in zip(indices, bits)], []
 
     results = folders.run_over_folder(args, context, device, paths, names, resolution, RECORD_FILE, decode_batch,

@@ -85,19 +85,18 @@ def embed_folder(args):
         remove_partial_files(images_dir)
     barrier(context)
     psnrs, accuracies = [], []
-    sub_batch = folders.sub_batch_size(resolution, device)
+    encode_images = folders.in_sub_batches(partial(encode, encoder, config), folders.sub_batch_size(encoder, device))
+    decode_images = (folders.in_sub_batches(partial(decode, decoder, config), folders.sub_batch_size(decoder, device))
+                     if decoder is not None else None)
 
     def fingerprint_batch(indices, images):
         fingerprints = torch.from_numpy(np.stack([fingerprint_for(int(index), encoder.fingerprint_size, args.seed,
                                                                   args.identical_fingerprints) for index in indices]))
         clean = folders.model_input(images, device)
-        fingerprinted = folders.in_sub_batches(partial(encode, encoder, config), sub_batch,
-                                               fingerprints.float().to(device), clean)
-        saved = data.to_uint8(fingerprinted).cpu()
+        saved = data.to_uint8(encode_images(fingerprints.float().to(device), clean)).cpu()
         psnrs.append(psnr(data.to_float(saved), clean.cpu()))
         if decoder is not None:
-            logits = folders.in_sub_batches(partial(decode, decoder, config), sub_batch,
-                                            folders.model_input(saved, device))
+            logits = decode_images(folders.model_input(saved, device))
             accuracies.append(bit_accuracy(bits_from_logits(logits).cpu(), fingerprints))
         lines = [fingerprint_line(names[index], bits) for index, bits in zip(indices, fingerprints)]
         return lines, [(image, os.path.join(images_dir, names[index])) for index, image in zip(indices, saved)]

@@ -126,26 +126,27 @@ def model_input(images, device):
 # glibc hands out every block above 32 MB as a fresh mapping that the kernel
 # zero-fills page by page, and unmaps it when freed: at 128 px a batch of 64
 # through the encoder took half a million page faults. Sub-batches whose
-# widest activation (the encoder's 2c + 64 channels before conv9, float32)
-# stays under that size reuse the heap instead: 9,800 faults, 1.7x faster
-# at 128 px, the same outputs; 32 px batches of 64 are not split.
+# largest activation stays under that size reuse the heap instead: 9,800
+# faults, the encoder 1.7x faster at 128 px, the same outputs. 32 px batches
+# of 64 are not split.
 ACTIVATION_BYTES = 24 * 2**20
-WIDEST_CHANNELS = 70
 
 
-def sub_batch_size(resolution, device):
-    """Images per network call on `device` (GPUs cache their memory: no split)."""
+def sub_batch_size(model, device):
+    """Images per call of `model` on `device` (None: the whole batch; GPUs cache their memory)."""
     if device.type == "cuda":
         return None
-    return max(1, ACTIVATION_BYTES // (WIDEST_CHANNELS * 4 * resolution * resolution))
+    return max(1, ACTIVATION_BYTES // (4 * model.widest_activation()))
 
 
-def in_sub_batches(function, size, *tensors):
-    """function(*tensors), called on `size` images at a time (all of them if None)."""
-    if size is None or len(tensors[0]) <= size:
-        return function(*tensors)
-    return torch.cat([function(*(tensor[start:start + size] for tensor in tensors))
-                      for start in range(0, len(tensors[0]), size)])
+def in_sub_batches(function, size):
+    """`function` over whole batches, called on `size` images at a time (all at once if None)."""
+    def call(*tensors):
+        if size is None or len(tensors[0]) <= size:
+            return function(*tensors)
+        return torch.cat([function(*(tensor[start:start + size] for tensor in tensors))
+                          for start in range(0, len(tensors[0]), size)])
+    return call
 
 
 class PngWriter:

@@ -77,6 +77,10 @@ class StegaStampEncoder(nn.Module):
         self.conv10 = nn.Conv2d(32, 32, 3, 1, 1)
         self.residual = nn.Conv2d(32, IMAGE_CHANNELS, 1)
 
+    def widest_activation(self):
+        """Floats per image in the largest tensor of a forward pass (conv9's input)."""
+        return (32 + 32 + 2 * self.IMAGE_CHANNELS) * self.resolution ** 2
+
     @staticmethod
     def _up(conv, features):
         # Published upsampling: nearest x2, pad right/bottom by one, 2x2 conv.
@@ -149,6 +153,10 @@ class StegaStampDecoder(nn.Module):
             nn.ReLU(),
             nn.Linear(512, fingerprint_size),
         )
+
+    def widest_activation(self):
+        """Floats per image in the largest tensor of a forward pass (the first conv's output)."""
+        return 32 * ((self.resolution + 1) // 2) ** 2
 
     def forward(self, image):
         """Decode `image` (b c h w, in [0, 1]) into logits (b L); bit = logit > 0."""

@@ -75,3 +75,18 @@ def test_published_state_dicts_load_both_ways_with_same_outputs(resolution):
     published_decoder.load_state_dict(ours[1].state_dict(), strict=True)
     torch.testing.assert_close(published_encoder(bits, images), ours[0](bits, images))
     torch.testing.assert_close(published_decoder(images), ours[1](images))
+
+
+@pytest.mark.parametrize("resolution", [32, 64])
+def test_widest_activation_is_the_largest_tensor_a_forward_pass_makes(resolution):
+    """folders.sub_batch_size relies on it to keep CPU activations under glibc's mmap threshold."""
+    encoder, decoder = StegaStampEncoder(resolution, 3, 8), StegaStampDecoder(resolution, 3, 8)
+    for model, inputs in ((encoder, (torch.zeros(2, 8), torch.rand(2, 3, resolution, resolution))),
+                          (decoder, (torch.rand(2, 3, resolution, resolution),))):
+        sizes = []
+        hooks = [layer.register_forward_hook(lambda _, args, output: sizes.extend(
+                 [args[0].numel() // 2, output.numel() // 2])) for layer in model.modules() if not list(layer.children())]
+        model(*inputs)
+        for hook in hooks:
+            hook.remove()
+        assert max(sizes) == model.widest_activation()
