@@ -1,0 +1,279 @@
+"""Secrecy: can anyone tell that an image carries a fingerprint? (paper, Appendix A.2)
+
+Each test set holds --num_images images: half fingerprinted by the victim
+model (one fingerprint, as a dataset owner embeds it), half clean. Three
+attackers try to tell them apart (steganalysis.py):
+
+1. ATS, the paper's protocol (Lerch-Hostalot & Megías 2016): no labels. The
+   attacker trains an encoder of his own (another seed, the default recipe,
+   a short run), embeds with it to build artificial training classes, trains
+   an SVM on SPAM-686 features and classifies the test set through one more
+   embedding. Chance is 0.50; the paper reports 0.502.
+2. Outsider: a CNN trained on clean vs attacker-fingerprinted images.
+3. Insider: the same CNN trained with the victim's own encoder (random
+   fingerprints): what an attacker holding the encoder can do.
+
+Test sets: real images fingerprinted by the victim (from --data_dir, never
+used for any training here) and, with --transferability_dir, images from
+the GAN trained on fingerprinted data vs the GAN trained on clean data
+(transferability.py's output), as in the paper.
+
+    python secrecy.py --model cifar10_32 --data_dir cifar10/ --output_dir runs/secrecy
+    python secrecy.py --model cifar10_32_robust --data_dir cifar10/ --transferability_dir runs/transfer \\
+        --output_dir runs/secrecy
+    python secrecy.py --smoke --output_dir /tmp/secrecy   # under a minute: plumbing only
+
+Needs scikit-learn (pip install -r requirements-secrecy.txt). Writes
+secrecy.json and secrecy.md to --output_dir.
+"""
+
+import argparse
+import importlib.util
+import os
+import random
+import shlex
+import time
+
+import torch
+
+import data
+import folders
+import gan
+import steganalysis
+import training
+from sample_images import write_sample_images
+from utils import (UserError, bit_accuracy, bits_from_logits, decode, encode, fingerprint_for, load_decoder,
+                   load_encoder, read_fingerprint_file, run_cli, select_device, write_json)
+
+BATCH = 256
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--output_dir", required=True)
+    add("--data_dir", default=None, help="real images (default: built-in sample photographs)")
+    add("--recursive", action="store_true", help="also read sub-folders of --data_dir")
+    add("--center_crop", type=int, default=0, help="center-crop this many pixels, then resize (default 0)")
+    folders.add_model_argument(parser)
+    add("--encoder_path", default=None, help="victim encoder (instead of --model)")
+    add("--decoder_path", default=None, help="victim decoder (instead of --model)")
+    add("--num_images", type=int, default=500, help="test images per test set, half fingerprinted (default 500)")
+    add("--num_train", type=int, default=2000,
+        help="images for the CNN detectors, each seen clean and fingerprinted (default 2000)")
+    add("--attacker_steps", type=int, default=2000, help="training steps of the attacker's encoder (default 2000)")
+    add("--attacker_encoder", default=None,
+        help="an attacker's *_encoder.pth trained before (skips training one; its config file beside it)")
+    add("--detector_steps", type=int, default=1000, help="training steps of each CNN detector (default 1000)")
+    add("--transferability_dir", default=None,
+        help="transferability.py output: also test its GANs' images (gan_fingerprinted vs gan_clean)")
+    add("--bf16", action="store_true", help="train the attacker's encoder in bfloat16 autocast")
+    add("--seed", type=int, default=0)
+    add("--cuda", type=int, default=0, help="CUDA device index; -1 or no GPU = CPU (default 0)")
+    add("--smoke", action="store_true", help="tiny everything (shipped cifar10_32 unless told): plumbing only")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.model = args.model or (None if args.encoder_path else "cifar10_32")
+        args.num_images, args.num_train, args.attacker_steps, args.detector_steps = 40, 40, 20, 20
+    folders.resolve_model(parser, args, need_encoder=True, need_decoder=True)
+    if args.num_images < 10 or args.num_images % 2:
+        parser.error("--num_images must be an even number >= 10")
+    for name in ("num_train", "attacker_steps", "detector_steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1")
+    if importlib.util.find_spec("sklearn") is None:
+        parser.error("secrecy.py needs scikit-learn: pip install -r requirements-secrecy.txt")
+    return args
+
+
+# --- images -------------------------------------------------------------------------------
+
+def load_paths(data_dir, paths, resolution, center_crop):
+    dataset = data.ImageFiles(data_dir, paths, resolution, center_crop)
+    batches = [images for _, images, _ in data.image_batches(dataset, BATCH, 0) if len(images)]
+    return torch.cat(batches)
+
+
+def split_real_images(args, workdir, resolution):
+    """(test images, detector training images, folder for the attacker's
+    encoder): disjoint, the test images never trained on."""
+    data_dir = args.data_dir or write_sample_images(os.path.join(workdir, "samples"),
+                                                    count=2 * args.num_images + args.num_train, size=64)
+    paths = data.list_images(data_dir, args.recursive)
+    random.Random(args.seed).shuffle(paths)
+    if len(paths) < args.num_images + args.num_train:
+        raise UserError(f"--data_dir {data_dir}: {len(paths)} images, --num_images + --num_train = "
+                        f"{args.num_images + args.num_train} needed")
+    test = paths[:args.num_images]
+    train = paths[args.num_images:args.num_images + args.num_train]
+    attacker_dir = os.path.join(workdir, "attacker_data")
+    os.makedirs(attacker_dir, exist_ok=True)
+    for number, path in enumerate(paths[args.num_images:]):  # every image but the test ones
+        link = os.path.join(attacker_dir, f"{number:07d}{os.path.splitext(path)[1].lower()}")
+        if not os.path.lexists(link):
+            os.symlink(os.path.abspath(os.path.join(data_dir, path)), link)
+    return (load_paths(data_dir, test, resolution, args.center_crop),
+            load_paths(data_dir, train, resolution, args.center_crop), attacker_dir)
+
+
+# --- encoders ------------------------------------------------------------------------------
+
+class Embedder:
+    """Fingerprints uint8 images with one encoder: the given bits, or fresh random bits per image."""
+
+    def __init__(self, encoder_path, resolution, device, seed):
+        self.encoder, self.config = load_encoder(encoder_path, resolution)
+        self.encoder = self.encoder.eval().to(device)
+        self.device = device
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @torch.inference_mode()
+    def __call__(self, images, bits=None):
+        length = self.encoder.fingerprint_size
+        out = []
+        for start in range(0, len(images), BATCH):
+            batch = images[start:start + BATCH]
+            batch_bits = (bits.expand(len(batch), -1) if bits is not None
+                          else torch.randint(0, 2, (len(batch), length), generator=self.generator))
+            fingerprinted = encode(self.encoder, self.config, batch_bits.float().to(self.device),
+                                   data.to_float(batch).to(self.device))
+            out.append(data.to_uint8(fingerprinted).cpu())
+        return torch.cat(out)
+
+
+def attacker_training_argv(args, attacker_dir, workdir, resolution, length):
+    return ["--data_dir", attacker_dir, "--output_dir", os.path.join(workdir, "attacker_encoder"),
+            "--image_resolution", str(resolution), "--fingerprint_length", str(length),
+            "--max_steps", str(args.attacker_steps), "--seed", str(args.seed + 1), "--cuda", str(args.cuda),
+            "--num_holdout", "64" if not args.smoke else "8", "--resume", *(["--bf16"] if args.bf16 else [])]
+
+
+def train_attacker_encoder(args, attacker_dir, workdir, resolution, length):
+    """The attacker's own encoder: returns (its path, how it was made)."""
+    if args.attacker_encoder:
+        return args.attacker_encoder, dict(command=f"given: {args.attacker_encoder}")
+    argv = attacker_training_argv(args, attacker_dir, workdir, resolution, length)
+    final, prefix = training.train(training.parse_args(argv))
+    return prefix + "_encoder.pth", dict(command="python train.py " + shlex.join(argv), steps=final["step"],
+                                         heldout_bit_accuracy=final.get("heldout_bit_acc"),
+                                         heldout_psnr=final.get("heldout_psnr"), seconds=final["seconds"])
+
+
+# --- experiments ----------------------------------------------------------------------------
+
+def real_test_set(test_images, victim, fingerprint):
+    """First half fingerprinted with the victim's fingerprint, second half clean."""
+    half = len(test_images) // 2
+    images = torch.cat([victim(test_images[:half], fingerprint), test_images[half:]])
+    return images, torch.cat([torch.ones(half), torch.zeros(len(test_images) - half)]).long()
+
+
+def gan_test_set(transferability_dir, count, seed, device):
+    """Images of the GAN trained on fingerprinted data (label 1) and of the
+    clean one (0), and the fingerprint that data carried."""
+    sets = []
+    for name in ("gan_fingerprinted", "gan_clean"):
+        path = os.path.join(transferability_dir, name, "gan.pth")
+        if not os.path.isfile(path):
+            raise UserError(f"--transferability_dir {transferability_dir}: no {name}/gan.pth")
+        sets.append(gan.generate(gan.load_generator(path), count // 2, seed, device=device))
+    record = os.path.join(transferability_dir, "fingerprinted_data", "embedded_fingerprints.txt")
+    if not os.path.isfile(record):
+        raise UserError(f"--transferability_dir {transferability_dir}: no fingerprinted_data/embedded_fingerprints.txt")
+    fingerprint = next(iter(read_fingerprint_file(record).values())).long()
+    return torch.cat(sets), torch.cat([torch.ones(count // 2), torch.zeros(count // 2)]).long(), fingerprint
+
+
+@torch.inference_mode()
+def victim_bit_accuracy(decoder, config, images, fingerprint, device):
+    """How well the victim's own decoder reads its fingerprint (is it really there?)."""
+    logits = torch.cat([decode(decoder, config, data.to_float(images[start:start + BATCH]).to(device)).cpu()
+                        for start in range(0, len(images), BATCH)])
+    bits = bits_from_logits(logits)
+    return bit_accuracy(bits, fingerprint.expand_as(bits)).mean().item()
+
+
+def attack(images, labels, attacker, detectors, seed):
+    """Every attacker's accuracy (95 % interval) on one test set."""
+    ats, c = steganalysis.ats_predictions(images, attacker, seed)
+    results = dict(ats=dict(steganalysis.accuracy_with_interval(ats, labels), svm_c=c))
+    for name, detector in detectors.items():
+        results[name] = steganalysis.accuracy_with_interval(
+            steganalysis.detector_predictions(detector, images, attacker.device), labels)
+    return results
+
+
+def run(args):
+    started = time.time()
+    device = select_device(args.cuda)
+    os.makedirs(args.output_dir, exist_ok=True)
+    decoder, config = load_decoder(args.decoder_path)
+    decoder = decoder.eval().to(device)
+    resolution, length = decoder.resolution, decoder.fingerprint_size
+    test_images, train_images, attacker_dir = split_real_images(args, args.output_dir, resolution)
+    victim = Embedder(args.encoder_path, resolution, device, args.seed)
+    attacker_path, attacker_made = train_attacker_encoder(args, attacker_dir, args.output_dir, resolution, length)
+    attacker = Embedder(attacker_path, resolution, device, args.seed + 2)
+    detectors = {name: steganalysis.train_detector(train_images, embedder(train_images), args.detector_steps,
+                                                   args.seed, device=device)
+                 for name, embedder in (("outsider", attacker), ("insider", victim))}
+
+    fingerprint = torch.from_numpy(fingerprint_for(0, length, args.seed, identical=True)).long()
+    test_sets = {"real images": (*real_test_set(test_images, victim, fingerprint), fingerprint)}
+    if args.transferability_dir:
+        test_sets["GAN images"] = gan_test_set(args.transferability_dir, args.num_images, args.seed + 3, device)
+    results = {}
+    for name, (images, labels, fingerprint) in test_sets.items():
+        results[name] = attack(images, labels, attacker, detectors, args.seed)
+        results[name]["victim_decoder_bit_accuracy"] = victim_bit_accuracy(decoder, config, images[labels == 1],
+                                                                           fingerprint, device)
+    report = dict(model=args.model or args.encoder_path, resolution=resolution, fingerprint_length=length,
+                  num_images=args.num_images, num_train=args.num_train, detector_steps=args.detector_steps,
+                  attacker_encoder=attacker_made, features="SPAM-686 per colour channel (Pevný et al. 2010, "
+                  f"second order, T = {steganalysis.SPAM_T}): {686 * 3} features", results=results,
+                  seconds=time.time() - started, smoke=args.smoke)
+    write_json(report, os.path.join(args.output_dir, "secrecy.json"))
+    write_markdown(report, os.path.join(args.output_dir, "secrecy.md"))
+    return report
+
+
+def write_markdown(report, path):
+    def cell(result):
+        return f"{result['accuracy']:.3f} [{result['low']:.3f}, {result['high']:.3f}]"
+
+    made = report["attacker_encoder"]
+    lines = ["# Secrecy of the fingerprint\n",
+             f"{'SMOKE RUN: tiny sizes, plumbing only. ' if report['smoke'] else ''}Victim model "
+             f"{report['model']} ({report['resolution']} px, {report['fingerprint_length']} bits); "
+             f"{report['num_images']} test images per set, half fingerprinted; accuracy with its 95 % interval "
+             f"(chance 0.50); {report['seconds'] / 60:.1f} min.\n",
+             "| test set | ATS (unsupervised, SVM) | outsider CNN (own encoder) | insider CNN (victim's encoder) "
+             "| victim decoder's bit accuracy on the fingerprinted half |",
+             "|---|---|---|---|---|"]
+    for name, result in report["results"].items():
+        lines.append(f"| {name} | {cell(result['ats'])} | {cell(result['outsider'])} | {cell(result['insider'])} "
+                     f"| {result['victim_decoder_bit_accuracy']:.4f} |")
+    lines += ["", f"- Features: {report['features']}; RBF SVM on standardised features, C by 5-fold "
+              "cross-validation (" + ", ".join(f"{name}: C = {result['ats']['svm_c']:g}"
+                                               for name, result in report["results"].items()) + ").",
+              f"- Attacker's encoder: `{made['command']}`"
+              + (f" ({made['steps']} steps, held-out bit accuracy {made['heldout_bit_accuracy']:.4f}, "
+                 f"PSNR {made['heldout_psnr']:.2f} dB, {made['seconds'] / 60:.1f} min)"
+                 if made.get("heldout_bit_accuracy") is not None else ""),
+              f"- CNN detectors: {report['num_train']} real images each seen clean and fingerprinted (random "
+              f"fingerprints), {report['detector_steps']} Adam steps of 64; never the test images."]
+    with open(path, "w", encoding="utf-8") as file:
+        file.write("\n".join(lines) + "\n")
+
+
+def main(args):
+    report = run(args)
+    for name, result in report["results"].items():
+        print(f"{name}: " + ", ".join(f"{attacker} {result[attacker]['accuracy']:.3f} "
+                                      f"[{result[attacker]['low']:.3f}, {result[attacker]['high']:.3f}]"
+                                      for attacker in ("ats", "outsider", "insider")))
+    print(f"report: {args.output_dir}/secrecy.md")
+
+
+if __name__ == "__main__":
+    run_cli(main, parse_args())
