@@ -204,6 +204,13 @@ def save_png(image, path):
                  unique_name=True)
 
 
+def save_numbered_pngs(images, output_dir):
+    """Write uint8 images (n c h w) as 000000.png, 000001.png, ... (generated samples)."""
+    os.makedirs(output_dir, exist_ok=True)
+    for number, image in enumerate(images):
+        save_png(image, os.path.join(output_dir, f"{number:06d}.png"))
+
+
 def record_skipped(failures, path, resume=False):
     """Write skipped files as '<file>\\t<reason>' lines; returns how many.
 

@@ -198,12 +198,6 @@ def generate(generator, num_images, seed, batch_size=256, device="cpu"):
     return torch.cat(out)
 
 
-def write_images(images, output_dir):
-    os.makedirs(output_dir, exist_ok=True)
-    for number, image in enumerate(images):
-        data.save_png(image, os.path.join(output_dir, f"{number:06d}.png"))
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -238,7 +232,7 @@ def main(args):
     else:
         images = generate(load_generator(args.checkpoint), args.num_images, args.seed,
                           device=select_device(args.cuda))
-        write_images(images, args.output_dir)
+        data.save_numbered_pngs(images, args.output_dir)
         print(f"wrote {len(images)} images to {args.output_dir}")
 
 

@@ -193,6 +193,17 @@ def victim_bit_accuracy(decoder, config, images, fingerprint, device):
     return bit_accuracy(bits, fingerprint.expand_as(bits)).mean().item()
 
 
+def own_encoder_accuracy(clean, detectors, attacker, victim):
+    """Each CNN on the fingerprints it was trained on (new images, fresh bits): did it learn its task?"""
+    results = {}
+    for name, embedder in (("outsider", attacker), ("insider", victim)):
+        images = torch.cat([embedder(clean), clean])
+        labels = [1] * len(clean) + [0] * len(clean)
+        results[name] = steganalysis.accuracy_with_interval(
+            steganalysis.detector_predictions(detectors[name], images, embedder.device), labels)
+    return results
+
+
 def attack(images, labels, attacker, detectors, seed):
     """Every attacker's accuracy (95 % interval) on one test set."""
     ats, c = steganalysis.ats_predictions(images, attacker, seed)
@@ -215,9 +226,10 @@ def run(args):
     attacker_path, attacker_made = train_attacker_encoder(args, attacker_dir, args.output_dir, resolution, length)
     attacker = Embedder(attacker_path, resolution, device, args.seed + 2)
     detectors = {name: steganalysis.train_detector(train_images, embedder(train_images), args.detector_steps,
-                                                   args.seed, device=device)
+                                                   args.seed, device=device, description=f"{name} CNN")
                  for name, embedder in (("outsider", attacker), ("insider", victim))}
 
+    own_encoder = own_encoder_accuracy(test_images[len(test_images) // 2:], detectors, attacker, victim)
     fingerprint = torch.from_numpy(fingerprint_for(0, length, args.seed, identical=True)).long()
     test_sets = {"real images": (*real_test_set(test_images, victim, fingerprint), fingerprint)}
     if args.transferability_dir:
@@ -229,6 +241,7 @@ def run(args):
                                                                            fingerprint, device)
     report = dict(model=args.model or args.encoder_path, resolution=resolution, fingerprint_length=length,
                   num_images=args.num_images, num_train=args.num_train, detector_steps=args.detector_steps,
+                  detectors_on_own_encoder=own_encoder,
                   attacker_encoder=attacker_made, features="SPAM-686 per colour channel (Pevný et al. 2010, "
                   f"second order, T = {steganalysis.SPAM_T}): {686 * 3} features", results=results,
                   seconds=time.time() - started, smoke=args.smoke)
@@ -261,7 +274,10 @@ def write_markdown(report, path):
                  f"PSNR {made['heldout_psnr']:.2f} dB, {made['seconds'] / 60:.1f} min)"
                  if made.get("heldout_bit_accuracy") is not None else ""),
               f"- CNN detectors: {report['num_train']} real images each seen clean and fingerprinted (random "
-              f"fingerprints), {report['detector_steps']} Adam steps of 64; never the test images."]
+              f"fingerprints), {report['detector_steps']} Adam steps of 64; never the test images. On the "
+              "encoder each was trained with (the clean test images, clean and fingerprinted with fresh bits): "
+              + ", ".join(f"{name} {cell(result)}" for name, result in report["detectors_on_own_encoder"].items())
+              + "."]
     with open(path, "w", encoding="utf-8") as file:
         file.write("\n".join(lines) + "\n")
 

@@ -131,8 +131,10 @@ class Detector(nn.Module):
         return self.head(self.features(residual).mean(dim=(2, 3))).squeeze(1)
 
 
-def train_detector(clean, fingerprinted, steps, seed=0, batch_size=64, device="cpu"):
+def train_detector(clean, fingerprinted, steps, seed=0, batch_size=64, device="cpu", description="detector"):
     """A Detector trained on uint8 clean (label 0) and fingerprinted (label 1) images."""
+    from tqdm import tqdm
+
     from data import to_float
 
     torch.manual_seed(seed)
@@ -141,7 +143,7 @@ def train_detector(clean, fingerprinted, steps, seed=0, batch_size=64, device="c
     detector = Detector().to(device)
     optimizer = torch.optim.Adam(detector.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc=description, unit="step", mininterval=1.0):
         batch = torch.randint(0, len(images), (batch_size,), generator=generator)
         logits = detector(to_float(images[batch]).to(device))
         loss = F.binary_cross_entropy_with_logits(logits, labels[batch].to(device))

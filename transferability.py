@@ -2,8 +2,10 @@
 generate fingerprinted images?
 
 1. embed one fingerprint into every training image (--identical_fingerprints),
-2. train a DCGAN (gan.py) on the fingerprinted set and, as the control, on
-   the clean set,
+2. train a generator on the fingerprinted set and, as the control, on the
+   clean set: a DCGAN (gan.py, the paper's setting) or, with
+   --generator ddpm, a DDPM (diffusion.py, DDIM sampling), whose samples'
+   bit accuracy is also probed along training (when does it appear?),
 3. generate --num_generated images from each and decode them,
 4. report bit accuracy vs the embedded fingerprint, detection TPR at --fpr
    (the control GAN's rate is the measured FPR), FID of each GAN against the
@@ -13,15 +15,20 @@ generate fingerprinted images?
 6. model-level robustness (Fig. 3 right): generator weights quantised to a
    decimal precision, and with Gaussian noise added,
 7. attribution across --num_sources GANs trained with different fingerprints.
+   (6 and 7 are GAN only: on a CPU they would cost a DDPM many sampling runs.)
 
     python transferability.py --model cifar10_32 --data_dir cifar10/ --output_dir runs/transfer --gan_steps 20000
+    python transferability.py --model cifar10_32 --data_dir cifar10/ --output_dir runs/ddpm --generator ddpm \
+        --gan_steps 100000 --num_generated 10000 --fid --cuda 0
     python transferability.py --smoke --output_dir /tmp/transfer   # minutes on CPU: plumbing only
 
-Writes report.md, report.json, image_robustness.csv, model_robustness.csv and model_robustness.png.
+Writes report.md, report.json, image_robustness.csv (and for the GAN
+model_robustness.csv and model_robustness.png).
 """
 
 import argparse
 import copy
+import importlib.util
 import csv
 import json
 import os
@@ -29,6 +36,7 @@ import time
 
 import torch
 
+import data
 import embedding
 import folders
 import evaluation
@@ -51,8 +59,15 @@ def parse_args(argv=None):
     add("--model", default=None, help="shipped fingerprint model (or --encoder_path/--decoder_path)")
     add("--encoder_path", default=None)
     add("--decoder_path", default=None)
-    add("--gan_steps", type=int, default=20000, help="default 20000")
-    add("--gan_width", type=int, default=64, help="default 64")
+    add("--generator", choices=("gan", "ddpm"), default="gan",
+        help="gan: the paper's DCGAN (default); ddpm: a diffusion model (requirements-diffusers.txt)")
+    add("--gan_steps", type=int, default=20000, help="training steps of each generator (default 20000)")
+    add("--gan_width", type=int, default=64, help="base channels of each generator (default 64)")
+    add("--sampling_steps", type=int, default=50, help="ddpm: DDIM steps per sample (default 50)")
+    add("--probe_interval", type=int, default=1000,
+        help="ddpm: steps between bit-accuracy probes of the samples along training (default 1000)")
+    add("--probe_images", type=int, default=256, help="ddpm: samples per probe (default 256)")
+    add("--bf16", action="store_true", help="ddpm: bfloat16 autocast in training")
     add("--num_generated", type=int, default=1000, help="images generated per GAN (default 1000)")
     add("--num_sources", type=int, default=2, help="GANs with different fingerprints for attribution (default 2)")
     add("--source_steps", type=int, default=None, help="GAN steps for the attribution sources (default --gan_steps)")
@@ -64,10 +79,13 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.smoke:
         args.gan_steps, args.gan_width, args.num_generated, args.source_steps = 30, 8, 32, 10
+        args.sampling_steps, args.probe_interval, args.probe_images = 4, 15, 8
     args.source_steps = args.source_steps or args.gan_steps
     if args.num_sources < 2:
         parser.error("--num_sources must be >= 2")
     folders.resolve_model(parser, args, need_encoder=not args.smoke, need_decoder=not args.smoke)
+    if args.generator == "ddpm" and importlib.util.find_spec("diffusers") is None:
+        parser.error("--generator ddpm needs diffusers: pip install -r requirements-diffusers.txt")
     return args
 
 
@@ -94,12 +112,48 @@ def embed_identical(args, data_dir, name, seed):
     return os.path.join(output, "fingerprinted_images"), bits
 
 
-def train(args, data_dir, name, steps, resolution):
-    gan_args = gan.parse_args(["train", "--data_dir", data_dir, "--output_dir", os.path.join(args.output_dir, name),
-                               "--resolution", str(resolution), "--width", str(args.gan_width),
-                               "--steps", str(steps), "--seed", str(args.seed), "--cuda", str(args.cuda),
-                               "--recursive", "--resume"])
-    return gan.load_generator(gan.train_gan(gan_args))
+def train(args, data_dir, name, steps, resolution, probe=None):
+    """Train the chosen generator on `data_dir`; returns the sampling network."""
+    output_dir = os.path.join(args.output_dir, name)
+    common = ["--data_dir", data_dir, "--output_dir", output_dir, "--resolution", str(resolution),
+              "--width", str(args.gan_width), "--steps", str(steps), "--seed", str(args.seed),
+              "--cuda", str(args.cuda), "--recursive", "--resume"]
+    if args.generator == "gan":
+        return gan.load_generator(gan.train_gan(gan.parse_args(["train", *common])))
+    import diffusion
+
+    ddpm_args = diffusion.parse_args(["train", *common, "--sampling_steps", str(args.sampling_steps),
+                                      "--probe_interval", str(args.probe_interval),
+                                      *(["--bf16"] if args.bf16 else [])])
+    return diffusion.load_model(diffusion.train_ddpm(ddpm_args, probe))
+
+
+def generate(args, generator, num_images, seed, device):
+    if args.generator == "gan":
+        return gan.generate(generator, num_images, seed, device=device)
+    import diffusion
+
+    return diffusion.generate(generator, num_images, seed, args.sampling_steps, device=device)
+
+
+def sample_probe(args, decoder, config, fingerprint, threshold, device):
+    """probe(model, step) for diffusion.train_ddpm: bit accuracy of fresh samples."""
+    def probe(model, step):
+        return score(decoder, config, generate(args, model, args.probe_images, args.seed + 5, device),
+                     fingerprint, threshold, device)
+    return probe
+
+
+def along_training(output_dir):
+    """The probes a DDPM run logged: [{step, bit_accuracy, detected_rate}, ...]."""
+    rows = []
+    with open(os.path.join(output_dir, "metrics.jsonl"), encoding="utf-8") as file:
+        for line in file:
+            entry = json.loads(line)
+            if "bit_accuracy" in entry:
+                rows.append(dict(step=entry["step"], bit_accuracy=entry["bit_accuracy"],
+                                 detected_rate=entry["detected_rate"]))
+    return list({row["step"]: row for row in rows}.values())  # a resumed run logs a step once more
 
 
 @torch.no_grad()
@@ -200,8 +254,10 @@ def run(args):
     threshold = evaluation.min_matching_bits(length, args.fpr)
 
     fingerprinted_dir, fingerprint = embed_identical(args, data_dir, "fingerprinted_data", args.seed)
-    generators = {"clean": train(args, data_dir, "gan_clean", args.gan_steps, resolution),
-                  "fingerprinted": train(args, fingerprinted_dir, "gan_fingerprinted", args.gan_steps, resolution)}
+    probe = sample_probe(args, decoder, config, fingerprint, threshold, device) if args.generator == "ddpm" else None
+    run_names = {"clean": f"{args.generator}_clean", "fingerprinted": f"{args.generator}_fingerprinted"}
+    generators = {name: train(args, folder, run_names[name], args.gan_steps, resolution, probe)
+                  for name, folder in (("clean", data_dir), ("fingerprinted", fingerprinted_dir))}
     network = evaluation.load_inception().to(device) if args.fid else None
     real_features = None
     if network is not None:
@@ -211,18 +267,23 @@ def run(args):
 
     table, generated = {}, {}
     for name, generator in generators.items():
-        generated[name] = images = gan.generate(generator, args.num_generated, args.seed + 1, device=device)
-        gan.write_images(images[:64], os.path.join(args.output_dir, f"generated_{name}"))
+        generated[name] = images = generate(args, generator, args.num_generated, args.seed + 1, device)
+        data.save_numbered_pngs(images[:64], os.path.join(args.output_dir, f"generated_{name}"))
         table[name] = dict(**score(decoder, config, images, fingerprint, threshold, device), fid=fid(images))
-    image_rows = image_robustness(generated["fingerprinted"], decoder, config, fingerprint, threshold, device)
-    rows = model_robustness(args, generators["fingerprinted"], decoder, config, fingerprint, threshold, device,
-                            fid if args.fid else (lambda images: None))
-    attribution = attribute_sources(args, data_dir, decoder, config, device, fingerprinted_dir, fingerprint,
-                                    generators, resolution)
-    report = dict(fingerprint_length=length, fpr=args.fpr, min_matching_bits=threshold, gan_steps=args.gan_steps,
-                  num_generated=args.num_generated, table=table, image_robustness=image_rows, model_robustness=rows,
-                  attribution=attribution,
-                  seconds=time.time() - started, smoke=args.smoke)
+    report = dict(generator=args.generator, fingerprint_length=length, fpr=args.fpr, min_matching_bits=threshold,
+                  gan_steps=args.gan_steps, num_generated=args.num_generated, table=table,
+                  image_robustness=image_robustness(generated["fingerprinted"], decoder, config, fingerprint,
+                                                    threshold, device))
+    if args.generator == "gan":
+        report["model_robustness"] = model_robustness(args, generators["fingerprinted"], decoder, config, fingerprint,
+                                                      threshold, device, fid if args.fid else (lambda images: None))
+        report["attribution"] = attribute_sources(args, data_dir, decoder, config, device, fingerprinted_dir,
+                                                  fingerprint, generators, resolution)
+    else:
+        report["sampling_steps"] = args.sampling_steps
+        report["along_training"] = {name: along_training(os.path.join(args.output_dir, run_name))
+                                    for name, run_name in run_names.items()}
+    report.update(seconds=time.time() - started, smoke=args.smoke)
     write_report(args, report)
     return report
 
@@ -261,31 +322,48 @@ def write_report(args, report):
     with open(os.path.join(args.output_dir, "report.json"), "w", encoding="utf-8") as file:
         json.dump(report, file, indent=2)
     write_csv(report["image_robustness"], os.path.join(args.output_dir, "image_robustness.csv"))
-    write_csv(report["model_robustness"], os.path.join(args.output_dir, "model_robustness.csv"))
-    plot(report["model_robustness"], os.path.join(args.output_dir, "model_robustness.png"))
     fmt = lambda value: "n/a" if value is None else f"{value:.3f}"  # noqa: E731
-    lines = ["# Transferability of fingerprints to GAN samples\n",
-             f"{'SMOKE RUN: tiny models, plumbing only. ' if args.smoke else ''}GAN steps {args.gan_steps}, "
-             f"{args.num_generated} generated images per GAN, detection at FPR {args.fpr:g} "
-             f"(>= {report['min_matching_bits']} of {report['fingerprint_length']} bits), "
+    kind = "GAN" if report["generator"] == "gan" else "DDPM"
+    sampling = f" (DDIM, {report['sampling_steps']} steps)" if kind == "DDPM" else ""
+    lines = [f"# Transferability of fingerprints to {kind} samples\n",
+             f"{'SMOKE RUN: tiny models, plumbing only. ' if args.smoke else ''}{kind} training steps "
+             f"{args.gan_steps}, {args.num_generated} generated images per model{sampling}, detection at FPR "
+             f"{args.fpr:g} (>= {report['min_matching_bits']} of {report['fingerprint_length']} bits), "
              f"{report['seconds'] / 60:.1f} min.\n",
-             "| GAN trained on | bit accuracy of generated images | detected as fingerprinted | FID vs clean data |",
+             f"| {kind} trained on | bit accuracy of generated images | detected as fingerprinted | FID vs clean data |",
              "|---|---|---|---|"]
     for name, row in report["table"].items():
         lines.append(f"| {name} data | {row['bit_accuracy']:.4f} | {row['detected_rate']:.4f} | {fmt(row['fid'])} |")
+    if "along_training" in report:
+        runs = report["along_training"]
+        lines += ["\n## Bit accuracy of samples along training\n",
+                  "| step | " + " | ".join(f"{name} data: bit accuracy / detected" for name in runs) + " |",
+                  "|---|" + "---|" * len(runs)]
+        by_step = {}
+        for name, rows in runs.items():
+            for row in rows:
+                by_step.setdefault(row["step"], {})[name] = row
+        for step, cells in sorted(by_step.items()):
+            lines.append(f"| {step} | " + " | ".join(
+                f"{cells[name]['bit_accuracy']:.4f} / {cells[name]['detected_rate']:.3f}" if name in cells else ""
+                for name in runs) + " |")
     lines += ["\n## Generated images under image perturbations\n",
               "| perturbation | strength | bit accuracy | detected as fingerprinted |", "|---|---|---|---|"]
     lines += [f"| {row['perturbation']} | {row['strength']} | {row['bit_accuracy']:.4f} | {row['detected_rate']:.4f} |"
               for row in report["image_robustness"]]
-    lines += ["\n## Model perturbations\n", "![model robustness](model_robustness.png)\n",
-              "| perturbation | strength | bit accuracy | FID |", "|---|---|---|---|"]
-    lines += [f"| {row['perturbation']} | {row['strength']} | {row['bit_accuracy']:.4f} | {fmt(row['fid'])} |"
-              for row in report["model_robustness"]]
-    attribution = report["attribution"]
-    lines += ["\n## Attribution\n", f"- closed world: {attribution['closed_world_accuracy']:.4f}",
-              f"- open world (clean GAN must be unknown): {attribution['open_world_accuracy']:.4f}", "",
-              "| truth -> attributed | images |", "|---|---|"]
-    lines += [f"| {key} | {count} |" for key, count in attribution["confusion"].items()]
+    if "model_robustness" in report:
+        write_csv(report["model_robustness"], os.path.join(args.output_dir, "model_robustness.csv"))
+        plot(report["model_robustness"], os.path.join(args.output_dir, "model_robustness.png"))
+        lines += ["\n## Model perturbations\n", "![model robustness](model_robustness.png)\n",
+                  "| perturbation | strength | bit accuracy | FID |", "|---|---|---|---|"]
+        lines += [f"| {row['perturbation']} | {row['strength']} | {row['bit_accuracy']:.4f} | {fmt(row['fid'])} |"
+                  for row in report["model_robustness"]]
+    if "attribution" in report:
+        attribution = report["attribution"]
+        lines += ["\n## Attribution\n", f"- closed world: {attribution['closed_world_accuracy']:.4f}",
+                  f"- open world (clean GAN must be unknown): {attribution['open_world_accuracy']:.4f}", "",
+                  "| truth -> attributed | images |", "|---|---|"]
+        lines += [f"| {key} | {count} |" for key, count in attribution["confusion"].items()]
     with open(os.path.join(args.output_dir, "report.md"), "w", encoding="utf-8") as file:
         file.write("\n".join(lines) + "\n")
 
@@ -293,7 +371,8 @@ def write_report(args, report):
 def main(args):
     report = run(args)
     for name, row in report["table"].items():
-        print(f"GAN on {name} data: bit accuracy {row['bit_accuracy']:.4f}, detected {row['detected_rate']:.4f}"
+        print(f"{args.generator.upper()} on {name} data: bit accuracy {row['bit_accuracy']:.4f}, "
+              f"detected {row['detected_rate']:.4f}"
               + (f", FID {row['fid']:.2f}" if row["fid"] is not None else ""))
     print(f"report: {args.output_dir}/report.md")
 

@@ -100,6 +100,7 @@ def test_secrecy_smoke_run_writes_the_report(tmp_path):
             assert result[attacker]["images"] == 40
     # The shipped model's fingerprint is really in the real test set's fingerprinted half.
     assert report["results"]["real images"]["victim_decoder_bit_accuracy"] > 0.95
+    assert set(report["detectors_on_own_encoder"]) == {"outsider", "insider"}
     assert report["attacker_encoder"]["command"].startswith("python train.py --data_dir")
     assert json.loads((tmp_path / "out" / "secrecy.json").read_text())["smoke"] is True
     assert "| real images |" in (tmp_path / "out" / "secrecy.md").read_text()
