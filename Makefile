@@ -6,7 +6,8 @@ SYSTEM_PYTHON ?= python3
 
 .PHONY: demo test test-fast clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-fid.txt requirements-kornia.txt requirements-secrecy.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-fid.txt requirements-kornia.txt requirements-secrecy.txt \
+		requirements-diffusers.txt
 	$(SYSTEM_PYTHON) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet -r requirements-dev.txt

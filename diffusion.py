@@ -41,6 +41,7 @@ def build(resolution, width):
     from diffusers import UNet2DModel
 
     return UNet2DModel(sample_size=resolution, in_channels=3, out_channels=3, layers_per_block=1,
+                       norm_num_groups=min(32, width),
                        block_out_channels=(width, 2 * width, 2 * width),
                        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
                        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))

@@ -63,6 +63,7 @@ def parse_args(argv=None):
         help="gan: the paper's DCGAN (default); ddpm: a diffusion model (requirements-diffusers.txt)")
     add("--gan_steps", type=int, default=20000, help="training steps of each generator (default 20000)")
     add("--gan_width", type=int, default=64, help="base channels of each generator (default 64)")
+    add("--batch_size", type=int, default=64, help="training images per generator step (default 64)")
     add("--sampling_steps", type=int, default=50, help="ddpm: DDIM steps per sample (default 50)")
     add("--probe_interval", type=int, default=1000,
         help="ddpm: steps between bit-accuracy probes of the samples along training (default 1000)")
@@ -80,6 +81,7 @@ def parse_args(argv=None):
     if args.smoke:
         args.gan_steps, args.gan_width, args.num_generated, args.source_steps = 30, 8, 32, 10
         args.sampling_steps, args.probe_interval, args.probe_images = 4, 15, 8
+        args.batch_size = 16 if args.generator == "ddpm" else args.batch_size
     args.source_steps = args.source_steps or args.gan_steps
     if args.num_sources < 2:
         parser.error("--num_sources must be >= 2")
@@ -116,7 +118,8 @@ def train(args, data_dir, name, steps, resolution, probe=None):
     """Train the chosen generator on `data_dir`; returns the sampling network."""
     output_dir = os.path.join(args.output_dir, name)
     common = ["--data_dir", data_dir, "--output_dir", output_dir, "--resolution", str(resolution),
-              "--width", str(args.gan_width), "--steps", str(steps), "--seed", str(args.seed),
+              "--width", str(args.gan_width), "--steps", str(steps), "--batch_size", str(args.batch_size),
+              "--seed", str(args.seed),
               "--cuda", str(args.cuda), "--recursive", "--resume"]
     if args.generator == "gan":
         return gan.load_generator(gan.train_gan(gan.parse_args(["train", *common])))
@@ -257,7 +260,7 @@ def run(args):
     probe = sample_probe(args, decoder, config, fingerprint, threshold, device) if args.generator == "ddpm" else None
     run_names = {"clean": f"{args.generator}_clean", "fingerprinted": f"{args.generator}_fingerprinted"}
     generators = {name: train(args, folder, run_names[name], args.gan_steps, resolution, probe)
-                  for name, folder in (("clean", data_dir), ("fingerprinted", fingerprinted_dir))}
+                  for name, folder in (("fingerprinted", fingerprinted_dir), ("clean", data_dir))}
     network = evaluation.load_inception().to(device) if args.fid else None
     real_features = None
     if network is not None:
