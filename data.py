@@ -181,6 +181,15 @@ def image_batches(dataset, batch_size, num_workers, indices=None, pin_memory=Fal
                       collate_fn=collate_records, persistent_workers=False, pin_memory=pin_memory)
 
 
+def load_all(data_dir, relative_paths, resolution, center_crop=0, num_workers=0):
+    """The readable images among `relative_paths` as one uint8 tensor (n c h w)."""
+    dataset = ImageFiles(data_dir, relative_paths, resolution, center_crop)
+    batches = [images for _, images, _ in image_batches(dataset, 256, num_workers) if len(images)]
+    if not batches:
+        raise UserError(f"--data_dir {data_dir}: no readable images")
+    return torch.cat(batches)
+
+
 def default_num_workers():
     """Reader processes: all cores but one, at most 8."""
     return max(0, min(8, (os.cpu_count() or 1) - 1))

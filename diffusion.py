@@ -77,7 +77,7 @@ def train_ddpm(args, probe=None):
     require_diffusers()
     device = select_device(args.cuda)
     torch.manual_seed(args.seed)
-    images = load_images(args.data_dir, args.resolution, args.recursive)
+    images = data.load_all(args.data_dir, data.list_images(args.data_dir, args.recursive), args.resolution)
     model = build(args.resolution, args.width).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
@@ -115,15 +115,6 @@ def train_ddpm(args, probe=None):
     progress.close()
     writer.close()
     return path
-
-
-def load_images(data_dir, resolution, recursive=False):
-    paths = data.list_images(data_dir, recursive)
-    batches = [images for _, images, _ in data.image_batches(data.ImageFiles(data_dir, paths, resolution), 256, 0)
-               if len(images)]
-    if not batches:
-        raise UserError(f"--data_dir {data_dir}: no readable images")
-    return torch.cat(batches)
 
 
 def log(writer, path, step, metrics):

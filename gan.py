@@ -86,12 +86,7 @@ def build(resolution, width):
 
 
 def load_images(data_dir, resolution, recursive=False, num_workers=0):
-    paths = data.list_images(data_dir, recursive)
-    dataset = data.ImageFiles(data_dir, paths, resolution)
-    batches = [images for _, images, _ in data.image_batches(dataset, 256, num_workers) if len(images)]
-    if not batches:
-        raise UserError(f"--data_dir {data_dir}: no readable images")
-    return torch.cat(batches)
+    return data.load_all(data_dir, data.list_images(data_dir, recursive), resolution, num_workers=num_workers)
 
 
 def train_gan(args):

@@ -88,12 +88,6 @@ def parse_args(argv=None):
 
 # --- images -------------------------------------------------------------------------------
 
-def load_paths(data_dir, paths, resolution, center_crop):
-    dataset = data.ImageFiles(data_dir, paths, resolution, center_crop)
-    batches = [images for _, images, _ in data.image_batches(dataset, BATCH, 0) if len(images)]
-    return torch.cat(batches)
-
-
 def split_real_images(args, workdir, resolution):
     """(test images, detector training images, folder for the attacker's
     encoder): disjoint, the test images never trained on."""
@@ -112,8 +106,8 @@ def split_real_images(args, workdir, resolution):
         link = os.path.join(attacker_dir, f"{number:07d}{os.path.splitext(path)[1].lower()}")
         if not os.path.lexists(link):
             os.symlink(os.path.abspath(os.path.join(data_dir, path)), link)
-    return (load_paths(data_dir, test, resolution, args.center_crop),
-            load_paths(data_dir, train, resolution, args.center_crop), attacker_dir)
+    return (data.load_all(data_dir, test, resolution, args.center_crop),
+            data.load_all(data_dir, train, resolution, args.center_crop), attacker_dir)
 
 
 # --- encoders ------------------------------------------------------------------------------

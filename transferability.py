@@ -333,7 +333,8 @@ def write_report(args, report):
              f"{args.gan_steps}, {args.num_generated} generated images per model{sampling}, detection at FPR "
              f"{args.fpr:g} (>= {report['min_matching_bits']} of {report['fingerprint_length']} bits), "
              f"{report['seconds'] / 60:.1f} min.\n",
-             f"| {kind} trained on | bit accuracy of generated images | detected as fingerprinted | FID vs clean data |",
+             f"| {kind} trained on | bit accuracy of generated images | detected as fingerprinted "
+             "| FID vs clean data |",
              "|---|---|---|---|"]
     for name, row in report["table"].items():
         lines.append(f"| {name} data | {row['bit_accuracy']:.4f} | {row['detected_rate']:.4f} | {fmt(row['fid'])} |")

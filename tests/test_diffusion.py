@@ -12,6 +12,7 @@ from PIL import Image
 
 pytest.importorskip("diffusers", reason="the DDPM extra: pip install -r requirements-diffusers.txt")
 
+import data  # noqa: E402
 import diffusion  # noqa: E402
 import transferability  # noqa: E402
 
@@ -66,7 +67,7 @@ def test_ddpm_training_learns_to_predict_the_noise(tmp_path):
     os.makedirs(tmp_path / "data")
     for number in range(8):
         Image.fromarray(striped_image()).save(tmp_path / "data" / f"{number}.png")
-    images = diffusion.load_images(str(tmp_path / "data"), 16).float() / 127.5 - 1
+    images = data.load_all(str(tmp_path / "data"), data.list_images(str(tmp_path / "data")), 16).float() / 127.5 - 1
 
     def loss(model):
         with torch.no_grad():

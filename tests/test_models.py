@@ -84,8 +84,9 @@ def test_widest_activation_is_the_largest_tensor_a_forward_pass_makes(resolution
     for model, inputs in ((encoder, (torch.zeros(2, 8), torch.rand(2, 3, resolution, resolution))),
                           (decoder, (torch.rand(2, 3, resolution, resolution),))):
         sizes = []
+        layers = [layer for layer in model.modules() if not list(layer.children())]
         hooks = [layer.register_forward_hook(lambda _, args, output: sizes.extend(
-                 [args[0].numel() // 2, output.numel() // 2])) for layer in model.modules() if not list(layer.children())]
+                 [args[0].numel() // 2, output.numel() // 2])) for layer in layers]
         model(*inputs)
         for hook in hooks:
             hook.remove()
