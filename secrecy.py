@@ -15,8 +15,8 @@ attackers try to tell them apart (steganalysis.py):
 
 Test sets: real images fingerprinted by the victim (from --data_dir, never
 used for any training here) and, with --transferability_dir, images from
-the GAN trained on fingerprinted data vs the GAN trained on clean data
-(transferability.py's output), as in the paper.
+the GAN (or DDPM) trained on fingerprinted data vs the one trained on
+clean data (transferability.py's output), as in the paper.
 
     python secrecy.py --model cifar10_32 --data_dir cifar10/ --output_dir runs/secrecy
     python secrecy.py --model cifar10_32_robust --data_dir cifar10/ --transferability_dir runs/transfer \\
@@ -33,6 +33,7 @@ import os
 import random
 import shlex
 import time
+from functools import partial
 
 import torch
 
@@ -66,7 +67,7 @@ def parse_args(argv=None):
         help="an attacker's *_encoder.pth trained before (skips training one; its config file beside it)")
     add("--detector_steps", type=int, default=1000, help="training steps of each CNN detector (default 1000)")
     add("--transferability_dir", default=None,
-        help="transferability.py output: also test its GANs' images (gan_fingerprinted vs gan_clean)")
+        help="transferability.py output: also test its generators' images (fingerprinted vs clean data)")
     add("--bf16", action="store_true", help="train the attacker's encoder in bfloat16 autocast")
     add("--seed", type=int, default=0)
     add("--cuda", type=int, default=0, help="CUDA device index; -1 or no GPU = CPU (default 0)")
@@ -162,20 +163,31 @@ def real_test_set(test_images, victim, fingerprint):
     return images, torch.cat([torch.ones(half), torch.zeros(len(test_images) - half)]).long()
 
 
-def gan_test_set(transferability_dir, count, seed, device):
-    """Images of the GAN trained on fingerprinted data (label 1) and of the
-    clean one (0), and the fingerprint that data carried."""
-    sets = []
-    for name in ("gan_fingerprinted", "gan_clean"):
-        path = os.path.join(transferability_dir, name, "gan.pth")
-        if not os.path.isfile(path):
-            raise UserError(f"--transferability_dir {transferability_dir}: no {name}/gan.pth")
-        sets.append(gan.generate(gan.load_generator(path), count // 2, seed, device=device))
+def load_sampler(transferability_dir, name):
+    """generate(num_images, seed, device) for transferability.py's `<kind>_<name>` run, and its kind."""
+    for kind, file in (("gan", "gan.pth"), ("ddpm", "ddpm.pth")):
+        path = os.path.join(transferability_dir, f"{kind}_{name}", file)
+        if os.path.isfile(path):
+            if kind == "gan":
+                return partial(gan.generate, gan.load_generator(path)), kind
+            import diffusion
+
+            return partial(diffusion.generate, diffusion.load_model(path)), kind
+    raise UserError(f"--transferability_dir {transferability_dir}: no gan_{name}/gan.pth or ddpm_{name}/ddpm.pth")
+
+
+def generated_test_set(transferability_dir, count, seed, device):
+    """Images of the generator trained on fingerprinted data (label 1) and
+    of the one trained on clean data (0), the fingerprint that data
+    carried, and the generator's kind."""
+    samplers = [load_sampler(transferability_dir, name) for name in ("fingerprinted", "clean")]
+    images = torch.cat([generate(count // 2, seed, device=device) for generate, _ in samplers])
     record = os.path.join(transferability_dir, "fingerprinted_data", "embedded_fingerprints.txt")
     if not os.path.isfile(record):
         raise UserError(f"--transferability_dir {transferability_dir}: no fingerprinted_data/embedded_fingerprints.txt")
     fingerprint = next(iter(read_fingerprint_file(record).values())).long()
-    return torch.cat(sets), torch.cat([torch.ones(count // 2), torch.zeros(count // 2)]).long(), fingerprint
+    labels = torch.cat([torch.ones(count // 2), torch.zeros(count // 2)]).long()
+    return images, labels, fingerprint, samplers[0][1]
 
 
 @torch.inference_mode()
@@ -227,7 +239,8 @@ def run(args):
     fingerprint = torch.from_numpy(fingerprint_for(0, length, args.seed, identical=True)).long()
     test_sets = {"real images": (*real_test_set(test_images, victim, fingerprint), fingerprint)}
     if args.transferability_dir:
-        test_sets["GAN images"] = gan_test_set(args.transferability_dir, args.num_images, args.seed + 3, device)
+        *generated, kind = generated_test_set(args.transferability_dir, args.num_images, args.seed + 3, device)
+        test_sets[f"{kind.upper()} images"] = generated
     results = {}
     for name, (images, labels, fingerprint) in test_sets.items():
         results[name] = attack(images, labels, attacker, detectors, args.seed)
