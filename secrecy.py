@@ -251,7 +251,7 @@ def run(args):
                   detectors_on_own_encoder=own_encoder,
                   attacker_encoder=attacker_made, features="SPAM-686 per colour channel (Pevný et al. 2010, "
                   f"second order, T = {steganalysis.SPAM_T}): {686 * 3} features", results=results,
-                  seconds=time.time() - started, smoke=args.smoke)
+                  seconds=time.time() - started, smoke=args.smoke, args=vars(args))
     write_json(report, os.path.join(args.output_dir, "secrecy.json"))
     write_markdown(report, os.path.join(args.output_dir, "secrecy.md"))
     return report
