@@ -47,6 +47,7 @@ from utils import (UserError, bit_accuracy, bits_from_logits, decode, encode, fi
                    load_encoder, read_fingerprint_file, run_cli, select_device, write_json)
 
 BATCH = 256
+MIN_TRAIN_IMAGES = 100  # fewer images beside the test set train no attacker worth the name
 
 
 def parse_args(argv=None):
@@ -61,7 +62,8 @@ def parse_args(argv=None):
     add("--decoder_path", default=None, help="victim decoder (instead of --model)")
     add("--num_images", type=int, default=500, help="test images per test set, half fingerprinted (default 500)")
     add("--num_train", type=int, default=2000,
-        help="images for the CNN detectors, each seen clean and fingerprinted (default 2000)")
+        help="images for the CNN detectors, each seen clean and fingerprinted (default 2000; fewer if the "
+             "folder has fewer beside the test images, at least 100)")
     add("--attacker_steps", type=int, default=2000, help="training steps of the attacker's encoder (default 2000)")
     add("--attacker_encoder", default=None,
         help="an attacker's *_encoder.pth trained before (skips training one; its config file beside it)")
@@ -96,9 +98,14 @@ def split_real_images(args, workdir, resolution):
                                                     count=2 * args.num_images + args.num_train, size=64)
     paths = data.list_images(data_dir, args.recursive)
     random.Random(args.seed).shuffle(paths)
-    if len(paths) < args.num_images + args.num_train:
-        raise UserError(f"--data_dir {data_dir}: {len(paths)} images, --num_images + --num_train = "
-                        f"{args.num_images + args.num_train} needed")
+    spare = len(paths) - args.num_images
+    if spare < min(args.num_train, MIN_TRAIN_IMAGES):
+        raise UserError(f"--data_dir {data_dir}: {len(paths)} images; --num_images {args.num_images} plus at least "
+                        f"{min(args.num_train, MIN_TRAIN_IMAGES)} for the attackers' training are needed")
+    if spare < args.num_train:
+        print(f"--data_dir has {len(paths)} images: the detectors train on the {spare} beside the "
+              f"{args.num_images} test images (--num_train {args.num_train} asked for)")
+        args.num_train = spare
     test = paths[:args.num_images]
     train = paths[args.num_images:args.num_images + args.num_train]
     attacker_dir = os.path.join(workdir, "attacker_data")

@@ -104,3 +104,19 @@ def test_secrecy_smoke_run_writes_the_report(tmp_path):
     assert report["attacker_encoder"]["command"].startswith("python train.py --data_dir")
     assert json.loads((tmp_path / "out" / "secrecy.json").read_text())["smoke"] is True
     assert "| real images |" in (tmp_path / "out" / "secrecy.md").read_text()
+
+
+def test_secrecy_uses_the_images_it_has_and_refuses_too_few(tmp_path):
+    import secrecy
+    from sample_images import write_sample_images
+    from utils import UserError
+
+    folder = write_sample_images(str(tmp_path / "images"), count=150, size=32)
+    args = secrecy.parse_args(["--model", "cifar10_32", "--data_dir", folder, "--output_dir", str(tmp_path / "out"),
+                               "--num_images", "40", "--cuda", "-1"])
+    test, train, attacker_dir = secrecy.split_real_images(args, str(tmp_path / "out"), 32)
+    assert (len(test), len(train), args.num_train, len(os.listdir(attacker_dir))) == (40, 110, 110, 110)
+    args = secrecy.parse_args(["--model", "cifar10_32", "--data_dir", folder, "--output_dir", str(tmp_path / "o2"),
+                               "--num_images", "60", "--cuda", "-1"])
+    with pytest.raises(UserError, match="at least 100"):
+        secrecy.split_real_images(args, str(tmp_path / "o2"), 32)
