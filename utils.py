@@ -23,7 +23,7 @@ class UserError(Exception):
 
 
 def run_cli(main, args):
-    """Run `main(args)`; user mistakes become one line on stderr and exit 2."""
+    """Run `main(args)`; user mistakes become one line on stderr and exit 1 (bad flags: argparse, exit 2)."""
     try:
         main(args)
     except UserError as error:
