@@ -14,8 +14,8 @@ samples/<step>.png and ddpm.pth (model, EMA, optimizer and step, for
 
 import argparse
 import copy
+import importlib.util
 import json
-import math
 import os
 import time
 
@@ -30,10 +30,8 @@ TRAIN_TIMESTEPS = 1000
 
 
 def require_diffusers():
-    try:
-        import diffusers  # noqa: F401
-    except ImportError:
-        raise UserError("the DDPM needs diffusers: pip install -r requirements-diffusers.txt") from None
+    if importlib.util.find_spec("diffusers") is None:
+        raise UserError("the DDPM needs diffusers: pip install -r requirements-diffusers.txt")
 
 
 def build(resolution, width):
@@ -102,9 +100,11 @@ def train_ddpm(args, probe=None):
         optimizer.step()
         update_ema(ema, model, min(args.ema_decay, (1 + step) / (10 + step)))
         progress.update(1)
-        metrics = dict(loss=loss.item()) if step % args.log_interval == 0 or step == args.steps else None
+        metrics = {}
+        if step % args.log_interval == 0 or step == args.steps:
+            metrics["loss"] = loss.item()
         if probe is not None and (step % args.probe_interval == 0 or step == args.steps):
-            metrics = dict(metrics or dict(loss=loss.item()), **probe(ema, step))
+            metrics.update(loss=loss.item(), **probe(ema, step))
         if metrics:
             progress.set_postfix(**{name: f"{value:.3f}" for name, value in metrics.items()})
             log(writer, metrics_path, step, metrics)

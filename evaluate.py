@@ -25,8 +25,8 @@ import data
 import evaluation
 import perturbations
 from folders import add_model_argument, resolve_model
-from utils import (UserError, bit_accuracy, bits_from_logits, decode, encode, fingerprint_for, load_decoder,
-                   load_encoder, load_model_config, psnr, run_cli, select_device)
+from utils import (UserError, bit_accuracy, fingerprint_for, load_decoder, load_encoder, load_model_config, psnr,
+                   run_cli, select_device)
 
 WORKING_RANGE_ACCURACY = 0.75
 
@@ -83,31 +83,18 @@ def load_images(args, resolution):
     return names, torch.cat([images for _, images in batches])
 
 
-@torch.no_grad()
 def fingerprint_all(models, clean, seed, batch_size, device):
     """(fingerprints n L uint8, fingerprinted uint8 images n c h w)."""
     encoder, _, config = models
     fingerprints = torch.from_numpy(np.stack([fingerprint_for(i, encoder.fingerprint_size, seed)
                                               for i in range(len(clean))]))
-    out = []
-    for start in range(0, len(clean), batch_size):
-        images = data.to_float(clean[start:start + batch_size]).to(device)
-        bits = fingerprints[start:start + batch_size].float().to(device)
-        out.append(data.to_uint8(encode(encoder, config, bits, images)).cpu())
-    return fingerprints, torch.cat(out)
+    return fingerprints, evaluation.fingerprinted_images(encoder, config, fingerprints, clean, device, batch_size)
 
 
-@torch.no_grad()
 def decode_all(models, images, batch_size, device, perturb=None):
     """Decoded bits (n L) of uint8 images, optionally perturbed first."""
     _, decoder, config = models
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = data.to_float(images[start:start + batch_size]).to(device)
-        if perturb is not None:
-            batch = perturb(batch)
-        out.append(bits_from_logits(decode(decoder, config, batch)).cpu())
-    return torch.cat(out)
+    return evaluation.decoded_bits(decoder, config, images, device, batch_size, perturb)
 
 
 def detection_metrics(detected, clean_detected, fingerprints, fpr):

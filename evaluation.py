@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import data
-from utils import UserError
+from utils import UserError, bits_from_logits, decode, encode
 
 PAPER_MATCH_FRACTION = 0.75  # the paper: fingerprinted if >= 75% of the bits match
 UNKNOWN = "unknown"
@@ -43,6 +43,24 @@ def paper_min_matching_bits(length):
 def matching_bits(predicted_bits, true_bits):
     """Number of equal bits per image (b L, b L or L -> b)."""
     return (predicted_bits.to(torch.uint8) == true_bits.to(torch.uint8)).sum(dim=-1)
+
+
+@torch.no_grad()
+def fingerprinted_images(encoder, config, bits, images, device="cpu", batch_size=256):
+    """uint8 images (n c h w) with `bits` (n L, 0/1) embedded, batch by batch."""
+    return torch.cat([data.to_uint8(encode(encoder, config, bits[start:start + batch_size].float().to(device),
+                                           data.to_float(images[start:start + batch_size]).to(device))).cpu()
+                      for start in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def decoded_bits(decoder, config, images, device="cpu", batch_size=256, perturb=None):
+    """Bits (n L) read from uint8 images (n c h w); `perturb` changes each float batch first."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = data.to_float(images[start:start + batch_size]).to(device)
+        out.append(bits_from_logits(decode(decoder, config, batch if perturb is None else perturb(batch))).cpu())
+    return torch.cat(out)
 
 
 def detection_threshold(length, fpr=None):

@@ -38,13 +38,14 @@ from functools import partial
 import torch
 
 import data
+import evaluation
 import folders
 import gan
 import steganalysis
 import training
 from sample_images import write_sample_images
-from utils import (UserError, bit_accuracy, bits_from_logits, decode, encode, fingerprint_for, load_decoder,
-                   load_encoder, read_fingerprint_file, run_cli, select_device, write_json)
+from utils import (UserError, bit_accuracy, fingerprint_for, load_decoder, load_encoder, read_fingerprint_file, run_cli,
+                   select_device, write_json)
 
 BATCH = 256
 MIN_TRAIN_IMAGES = 100  # fewer images beside the test set train no attacker worth the name
@@ -129,18 +130,10 @@ class Embedder:
         self.device = device
         self.generator = torch.Generator().manual_seed(seed)
 
-    @torch.inference_mode()
     def __call__(self, images, bits=None):
-        length = self.encoder.fingerprint_size
-        out = []
-        for start in range(0, len(images), BATCH):
-            batch = images[start:start + BATCH]
-            batch_bits = (bits.expand(len(batch), -1) if bits is not None
-                          else torch.randint(0, 2, (len(batch), length), generator=self.generator))
-            fingerprinted = encode(self.encoder, self.config, batch_bits.float().to(self.device),
-                                   data.to_float(batch).to(self.device))
-            out.append(data.to_uint8(fingerprinted).cpu())
-        return torch.cat(out)
+        shape = (len(images), self.encoder.fingerprint_size)
+        bits = bits.expand(shape) if bits is not None else torch.randint(0, 2, shape, generator=self.generator)
+        return evaluation.fingerprinted_images(self.encoder, self.config, bits, images, self.device, BATCH)
 
 
 def attacker_training_argv(args, attacker_dir, workdir, resolution, length):
@@ -197,12 +190,9 @@ def generated_test_set(transferability_dir, count, seed, device):
     return images, labels, fingerprint, samplers[0][1]
 
 
-@torch.inference_mode()
 def victim_bit_accuracy(decoder, config, images, fingerprint, device):
     """How well the victim's own decoder reads its fingerprint (is it really there?)."""
-    logits = torch.cat([decode(decoder, config, data.to_float(images[start:start + BATCH]).to(device)).cpu()
-                        for start in range(0, len(images), BATCH)])
-    bits = bits_from_logits(logits)
+    bits = evaluation.decoded_bits(decoder, config, images, device, BATCH)
     return bit_accuracy(bits, fingerprint.expand_as(bits)).mean().item()
 
 

@@ -21,6 +21,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
+
+from data import to_float
 
 SPAM_T = 3
 SPAM_LEVELS = 2 * SPAM_T + 1
@@ -133,10 +136,6 @@ class Detector(nn.Module):
 
 def train_detector(clean, fingerprinted, steps, seed=0, batch_size=64, device="cpu", description="detector"):
     """A Detector trained on uint8 clean (label 0) and fingerprinted (label 1) images."""
-    from tqdm import tqdm
-
-    from data import to_float
-
     torch.manual_seed(seed)
     images = torch.cat([clean, fingerprinted])
     labels = torch.cat([torch.zeros(len(clean)), torch.ones(len(fingerprinted))])
@@ -155,8 +154,6 @@ def train_detector(clean, fingerprinted, steps, seed=0, batch_size=64, device="c
 
 @torch.no_grad()
 def detector_predictions(detector, images, device="cpu", batch_size=256):
-    from data import to_float
-
     return torch.cat([(detector(to_float(images[start:start + batch_size]).to(device)) > 0).long().cpu()
                       for start in range(0, len(images), batch_size)]).numpy()
 

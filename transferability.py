@@ -43,8 +43,7 @@ import evaluation
 import gan
 import perturbations
 from sample_images import write_sample_images
-from utils import (bit_accuracy, bits_from_logits, decode, load_decoder, read_fingerprint_file, run_cli,
-                   select_device)
+from utils import bit_accuracy, load_decoder, read_fingerprint_file, run_cli, select_device
 
 QUANTISATION_DECIMALS = [None, 4, 3, 2, 1]
 WEIGHT_NOISE_STDS = [0.0, 0.01, 0.02, 0.05, 0.1, 0.2]
@@ -159,20 +158,10 @@ def along_training(output_dir):
     return list({row["step"]: row for row in rows}.values())  # a resumed run logs a step once more
 
 
-@torch.no_grad()
-def decoded_bits(decoder, config, images, device):
-    from data import to_float
-
-    return torch.cat([bits_from_logits(decode(decoder, config, to_float(images[i:i + 256]).to(device))).cpu()
-                      for i in range(0, len(images), 256)])
-
-
 def score(decoder, config, images, fingerprint, threshold, device, perturb=None):
     if perturb is not None:
-        from data import to_float, to_uint8
-
-        images = to_uint8(perturb(to_float(images)))
-    detected = decoded_bits(decoder, config, images, device)
+        images = data.to_uint8(perturb(data.to_float(images)))
+    detected = evaluation.decoded_bits(decoder, config, images, device)
     matches = evaluation.matching_bits(detected, fingerprint)
     return dict(bit_accuracy=bit_accuracy(detected, fingerprint.expand_as(detected)).mean().item(),
                 detected_rate=(matches >= threshold).float().mean().item())
@@ -302,7 +291,7 @@ def attribute_sources(args, data_dir, decoder, config, device, fingerprinted_dir
     registry = torch.stack([bits for _, bits in sources.values()])
     truth, attributed = [], []
     for name, (generator, _) in [*sources.items(), ("unknown", (generators["clean"], None))]:
-        detected = decoded_bits(decoder, config, gan.generate(generator, args.num_generated, args.seed + 2,
+        detected = evaluation.decoded_bits(decoder, config, gan.generate(generator, args.num_generated, args.seed + 2,
                                                               device=device), device)
         owners, _ = evaluation.attribute(detected, names, registry, args.fpr)
         attributed += owners
