@@ -17,10 +17,8 @@ import time
 
 from PIL import Image
 
-import detection
-import embedding
-import training
-from sample_images import write_sample_images
+from fingerprinting import detection, embedding, training
+from fingerprinting.sample_images import write_sample_images
 from utils import run_cli
 
 

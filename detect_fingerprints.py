@@ -14,8 +14,8 @@ import os
 # OpenMP threads sleep instead of spinning (must be set before torch loads).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from detection import (ACCURACY_FILE, ATTRIBUTION_FILE, CONFUSION_FILE, RECORD_FILE, detect_folder,
-                       parse_args as parse_detection_args)
+from fingerprinting.detection import ACCURACY_FILE, ATTRIBUTION_FILE, CONFUSION_FILE, RECORD_FILE, detect_folder
+from fingerprinting.detection import parse_args as parse_detection_args
 from utils import run_cli
 
 

@@ -14,7 +14,8 @@ import os
 # OpenMP threads sleep instead of spinning (must be set before torch loads).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from embedding import IMAGE_FOLDER, RECORD_FILE, embed_folder, parse_args as parse_embedding_args
+from fingerprinting.embedding import IMAGE_FOLDER, RECORD_FILE, embed_folder
+from fingerprinting.embedding import parse_args as parse_embedding_args
 from utils import run_cli
 
 

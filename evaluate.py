@@ -21,12 +21,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import data
-import evaluation
-import perturbations
-from folders import add_model_argument, resolve_model
-from utils import (UserError, bit_accuracy, fingerprint_for, load_decoder, load_encoder, load_model_config, psnr,
-                   run_cli, select_device)
+from fingerprinting import data, evaluation, perturbations
+from fingerprinting.bits import (
+    binomial_p_value,
+    bit_accuracy,
+    fingerprint_for,
+    matching_bits,
+    min_matching_bits,
+    paper_min_matching_bits,
+)
+from fingerprinting.checkpoints import load_decoder, load_encoder, load_model_config
+from fingerprinting.devices import select_device
+from fingerprinting.errors import UserError
+from fingerprinting.folders import add_model_argument, resolve_model
+from utils import run_cli
 
 WORKING_RANGE_ACCURACY = 0.75
 
@@ -101,13 +109,13 @@ def detection_metrics(detected, clean_detected, fingerprints, fpr):
     """TPR on fingerprinted images and measured FPR on clean ones, at the
     binomial threshold for `fpr` and at the paper's 75% rule."""
     length = fingerprints.shape[1]
-    matches = evaluation.matching_bits(detected, fingerprints)
-    clean_matches = evaluation.matching_bits(clean_detected, fingerprints)
+    matches = matching_bits(detected, fingerprints)
+    clean_matches = matching_bits(clean_detected, fingerprints)
     result = {}
-    for rule, threshold in (("binomial", evaluation.min_matching_bits(length, fpr)),
-                            ("paper_75", evaluation.paper_min_matching_bits(length))):
+    for rule, threshold in (("binomial", min_matching_bits(length, fpr)),
+                            ("paper_75", paper_min_matching_bits(length))):
         result[rule] = dict(min_matching_bits=threshold,
-                            theoretical_fpr=evaluation.binomial_p_value(threshold, length),
+                            theoretical_fpr=binomial_p_value(threshold, length),
                             tpr=(matches >= threshold).float().mean().item(),
                             measured_fpr=(clean_matches >= threshold).float().mean().item(),
                             clean_images=len(clean_matches))
@@ -196,7 +204,7 @@ def evaluate(args):
     detected = decode_all(models, fingerprinted, args.batch_size, device)
     clean_detected = decode_all(models, clean, args.batch_size, device)
     accuracies = bit_accuracy(detected, fingerprints)
-    psnrs = psnr(data.to_float(fingerprinted), data.to_float(clean))
+    psnrs = evaluation.psnr(data.to_float(fingerprinted), data.to_float(clean))
     ssims = evaluation.ssim(data.to_float(fingerprinted), data.to_float(clean))
     os.makedirs(args.output_dir, exist_ok=True)
     write_csv([dict(image=name, bit_accuracy=float(a), psnr=float(p), ssim=float(s))

@@ -10,8 +10,9 @@ resize + center-crop), then resized to 299 for the network.
 
 import argparse
 
-import evaluation
-from utils import run_cli, select_device
+from fingerprinting import evaluation
+from fingerprinting.devices import select_device
+from utils import run_cli
 
 
 def parse_args(argv=None):

@@ -8,8 +8,8 @@ and ours load into its classes.
 import math
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 # The fingerprint is spread over a 16x16 plane per image channel, then
 # upsampled to the image resolution.

@@ -33,19 +33,17 @@ import os
 import random
 import shlex
 import time
-from functools import partial
 
 import torch
 
-import data
-import evaluation
-import folders
-import gan
-import steganalysis
-import training
-from sample_images import write_sample_images
-from utils import (UserError, bit_accuracy, fingerprint_for, load_decoder, load_encoder, read_fingerprint_file, run_cli,
-                   select_device, write_json)
+from fingerprinting import data, evaluation, folders, generators, steganalysis, training
+from fingerprinting.bits import bit_accuracy, fingerprint_for
+from fingerprinting.checkpoints import load_decoder, load_encoder
+from fingerprinting.devices import select_device
+from fingerprinting.errors import UserError
+from fingerprinting.records import write_json
+from fingerprinting.sample_images import write_sample_images
+from utils import run_cli
 
 BATCH = 256
 MIN_TRAIN_IMAGES = 100  # fewer images beside the test set train no attacker worth the name
@@ -163,29 +161,13 @@ def real_test_set(test_images, victim, fingerprint):
     return images, torch.cat([torch.ones(half), torch.zeros(len(test_images) - half)]).long()
 
 
-def load_sampler(transferability_dir, name):
-    """generate(num_images, seed, device) for transferability.py's `<kind>_<name>` run, and its kind."""
-    for kind, file in (("gan", "gan.pth"), ("ddpm", "ddpm.pth")):
-        path = os.path.join(transferability_dir, f"{kind}_{name}", file)
-        if os.path.isfile(path):
-            if kind == "gan":
-                return partial(gan.generate, gan.load_generator(path)), kind
-            import diffusion
-
-            return partial(diffusion.generate, diffusion.load_model(path)), kind
-    raise UserError(f"--transferability_dir {transferability_dir}: no gan_{name}/gan.pth or ddpm_{name}/ddpm.pth")
-
-
 def generated_test_set(transferability_dir, count, seed, device):
     """Images of the generator trained on fingerprinted data (label 1) and
     of the one trained on clean data (0), the fingerprint that data
     carried, and the generator's kind."""
-    samplers = [load_sampler(transferability_dir, name) for name in ("fingerprinted", "clean")]
+    samplers = [generators.load_sampler(transferability_dir, name) for name in ("fingerprinted", "clean")]
     images = torch.cat([generate(count // 2, seed, device=device) for generate, _ in samplers])
-    record = os.path.join(transferability_dir, "fingerprinted_data", "embedded_fingerprints.txt")
-    if not os.path.isfile(record):
-        raise UserError(f"--transferability_dir {transferability_dir}: no fingerprinted_data/embedded_fingerprints.txt")
-    fingerprint = next(iter(read_fingerprint_file(record).values())).long()
+    fingerprint = generators.data_fingerprint(transferability_dir).long()
     labels = torch.cat([torch.ones(count // 2), torch.zeros(count // 2)]).long()
     return images, labels, fingerprint, samplers[0][1]
 

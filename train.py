@@ -10,7 +10,8 @@ weights' moving average, --ema_decay), _config.json and _optim.pth
 (optimizer, step, schedule and the trained weights, for --resume).
 """
 
-from training import parse_args as parse_training_args, train
+from fingerprinting.training import parse_args as parse_training_args
+from fingerprinting.training import train
 from utils import run_cli
 
 

@@ -28,22 +28,22 @@ model_robustness.csv and model_robustness.png).
 
 import argparse
 import copy
-import importlib.util
 import csv
+import importlib.util
 import json
 import os
 import time
 
 import torch
 
-import data
-import embedding
-import folders
-import evaluation
-import gan
-import perturbations
-from sample_images import write_sample_images
-from utils import bit_accuracy, load_decoder, read_fingerprint_file, run_cli, select_device
+from fingerprinting import data, embedding, evaluation, folders, perturbations
+from fingerprinting.bits import bit_accuracy, matching_bits, min_matching_bits
+from fingerprinting.checkpoints import load_decoder
+from fingerprinting.devices import select_device
+from fingerprinting.generators import gan
+from fingerprinting.records import read_fingerprint_file
+from fingerprinting.sample_images import write_sample_images
+from utils import run_cli
 
 QUANTISATION_DECIMALS = [None, 4, 3, 2, 1]
 WEIGHT_NOISE_STDS = [0.0, 0.01, 0.02, 0.05, 0.1, 0.2]
@@ -122,7 +122,7 @@ def train(args, data_dir, name, steps, resolution, probe=None):
               "--cuda", str(args.cuda), "--recursive", "--resume"]
     if args.generator == "gan":
         return gan.load_generator(gan.train_gan(gan.parse_args(["train", *common])))
-    import diffusion
+    from fingerprinting.generators import diffusion
 
     ddpm_args = diffusion.parse_args(["train", *common, "--sampling_steps", str(args.sampling_steps),
                                       "--probe_interval", str(args.probe_interval),
@@ -133,7 +133,7 @@ def train(args, data_dir, name, steps, resolution, probe=None):
 def generate(args, generator, num_images, seed, device):
     if args.generator == "gan":
         return gan.generate(generator, num_images, seed, device=device)
-    import diffusion
+    from fingerprinting.generators import diffusion
 
     return diffusion.generate(generator, num_images, seed, args.sampling_steps, device=device)
 
@@ -162,7 +162,7 @@ def score(decoder, config, images, fingerprint, threshold, device, perturb=None)
     if perturb is not None:
         images = data.to_uint8(perturb(data.to_float(images)))
     detected = evaluation.decoded_bits(decoder, config, images, device)
-    matches = evaluation.matching_bits(detected, fingerprint)
+    matches = matching_bits(detected, fingerprint)
     return dict(bit_accuracy=bit_accuracy(detected, fingerprint.expand_as(detected)).mean().item(),
                 detected_rate=(matches >= threshold).float().mean().item())
 
@@ -243,7 +243,7 @@ def run(args):
     decoder = decoder.to(device)
     resolution = decoder.resolution
     length = decoder.fingerprint_size
-    threshold = evaluation.min_matching_bits(length, args.fpr)
+    threshold = min_matching_bits(length, args.fpr)
 
     fingerprinted_dir, fingerprint = embed_identical(args, data_dir, "fingerprinted_data", args.seed)
     probe = sample_probe(args, decoder, config, fingerprint, threshold, device) if args.generator == "ddpm" else None

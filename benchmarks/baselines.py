@@ -122,9 +122,8 @@ def published_detect(args):
 
 def floor_task(task):
     """Decode and prepare a chunk of inputs; write each as PNG if an output folder is given."""
+    from fingerprinting import data
     from PIL import Image
-
-    import data
 
     paths, resolution, output_dir = task
     for path in paths:
@@ -137,7 +136,7 @@ def floor_task(task):
 
 
 def io_floor(args, write):
-    import data
+    from fingerprinting import data
 
     paths = [os.path.join(args.data_dir, name) for name in data.list_images(args.data_dir)]
     output_dir = os.path.join(args.output_dir, "fingerprinted_images") if write else None

@@ -15,7 +15,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import training  # noqa: E402
+from fingerprinting import training  # noqa: E402
 
 
 def steps_to_target(args, seed, output):

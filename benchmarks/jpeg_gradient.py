@@ -19,8 +19,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import perturbations  # noqa: E402
-import training  # noqa: E402
+from fingerprinting import perturbations, training  # noqa: E402
 from utils import run_cli  # noqa: E402
 
 import robustness_files  # noqa: E402

@@ -49,9 +49,9 @@ def images_per_second(stdout):
 
 def run(args, workdir):
     import torch
+    from fingerprinting.sample_images import write_sample_images
 
     from models import StegaStampDecoder, StegaStampEncoder
-    from sample_images import write_sample_images
 
     encoder_path, decoder_path = os.path.join(workdir, "m_encoder.pth"), os.path.join(workdir, "m_decoder.pth")
     torch.save(StegaStampEncoder(args.image_resolution, 3, 100).state_dict(), encoder_path)

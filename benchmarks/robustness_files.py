@@ -24,8 +24,7 @@ import numpy as np  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-import detection  # noqa: E402
-import embedding  # noqa: E402
+from fingerprinting import detection, embedding  # noqa: E402
 from utils import run_cli  # noqa: E402
 
 

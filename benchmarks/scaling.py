@@ -58,9 +58,9 @@ def main():
     args = parser.parse_args()
 
     import torch
+    from fingerprinting.sample_images import write_sample_images
 
     from models import StegaStampEncoder
-    from sample_images import write_sample_images
 
     with tempfile.TemporaryDirectory() as workdir:
         images = write_sample_images(os.path.join(workdir, "images"), count=args.num_images,

@@ -38,8 +38,8 @@ SIDES = ("ours", "published", "I/O floor")
 
 def prepare_inputs(args, workdir):
     """Folders of the first N and 4N inputs (flat, as the published scripts read them)."""
-    import data
-    from sample_images import write_sample_images
+    from fingerprinting import data
+    from fingerprinting.sample_images import write_sample_images
 
     count = 4 * args.num_images
     if args.data_dir:

@@ -27,8 +27,7 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-import data  # noqa: E402
-import training  # noqa: E402
+from fingerprinting import data, training  # noqa: E402
 
 SIZES = {"small": dict(steps=600, num_images=512), "medium": dict(steps=3000, num_images=5000)}
 
@@ -143,7 +142,7 @@ def main():
     with tempfile.TemporaryDirectory() as workdir:
         images = args.data_dir
         if images is None:
-            from sample_images import write_sample_images
+            from fingerprinting.sample_images import write_sample_images
 
             images = write_sample_images(os.path.join(workdir, "images"), SIZES[args.size]["num_images"], 64)
         results = []

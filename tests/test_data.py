@@ -5,9 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-import data
+from fingerprinting import data
+from fingerprinting.errors import UserError
+
 from nasty_folder import build_nasty_folder
-from utils import UserError
 
 
 @pytest.fixture

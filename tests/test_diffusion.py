@@ -12,9 +12,9 @@ from PIL import Image
 
 pytest.importorskip("diffusers", reason="the DDPM extra: pip install -r requirements-diffusers.txt")
 
-import data  # noqa: E402
-import diffusion  # noqa: E402
 import transferability  # noqa: E402
+from fingerprinting import data  # noqa: E402
+from fingerprinting.generators import diffusion  # noqa: E402
 
 
 def train_args(data_dir, output_dir, steps, *extra):

@@ -4,19 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-import evaluation
-import perturbations
-import sample_images
-from utils import psnr
+from fingerprinting import evaluation, perturbations, sample_images
+from fingerprinting.bits import binomial_p_value, min_matching_bits, paper_min_matching_bits
 
 
 def test_binomial_p_value_and_threshold():
-    assert evaluation.binomial_p_value(3, 4) == pytest.approx(5 / 16)  # C(4,3)+C(4,4) over 16
-    assert evaluation.binomial_p_value(0, 10) == 1
-    assert evaluation.min_matching_bits(100, 1e-6) == 74
-    assert evaluation.binomial_p_value(74, 100) <= 1e-6 < evaluation.binomial_p_value(73, 100)
-    assert evaluation.paper_min_matching_bits(100) == 75
-    assert evaluation.min_matching_bits(4, 1e-3) == 5  # unreachable with 4 bits
+    assert binomial_p_value(3, 4) == pytest.approx(5 / 16)  # C(4,3)+C(4,4) over 16
+    assert binomial_p_value(0, 10) == 1
+    assert min_matching_bits(100, 1e-6) == 74
+    assert binomial_p_value(74, 100) <= 1e-6 < binomial_p_value(73, 100)
+    assert paper_min_matching_bits(100) == 75
+    assert min_matching_bits(4, 1e-3) == 5  # unreachable with 4 bits
 
 
 def test_attribution_nearest_hamming_and_unknown():
@@ -37,7 +35,7 @@ def test_attribution_nearest_hamming_and_unknown():
 def test_psnr_of_a_known_perturbation():
     clean = torch.full((1, 3, 8, 8), 0.5)
     shifted = clean + 0.1  # MSE 0.01 -> 20 dB
-    assert psnr(shifted, clean).item() == pytest.approx(20.0, abs=1e-4)
+    assert evaluation.psnr(shifted, clean).item() == pytest.approx(20.0, abs=1e-4)
 
 
 def test_ssim_identity_and_ordering():
@@ -50,12 +48,12 @@ def test_ssim_identity_and_ordering():
 
 
 def test_jpeg_quality_ordering_is_real():
-    from sample_images import sample_crops
+    from fingerprinting.sample_images import sample_crops
 
     images = torch.stack([torch.from_numpy(np.asarray(crop).copy()).permute(2, 0, 1) for crop in sample_crops(4, 64)])
     images = images.float() / 255
     high, low = perturbations.jpeg(images, 100), perturbations.jpeg(images, 10)
-    assert psnr(high, images).mean() > psnr(low, images).mean() + 10
+    assert evaluation.psnr(high, images).mean() > evaluation.psnr(low, images).mean() + 10
     assert high.shape == images.shape and 0 <= low.min() and low.max() <= 1
 
 
@@ -125,8 +123,8 @@ def test_jpeg_approximation_tracks_real_jpeg():
     images = sample_photo_batch()
     for quality in (90, 50, 20):
         real, approximation = perturbations.jpeg(images, quality), perturbations.jpeg_approximation(images, quality)
-        assert psnr(approximation, real).mean() > 30  # close to what Pillow does
-        assert abs(psnr(approximation, images).mean() - psnr(real, images).mean()) < 2
+        assert evaluation.psnr(approximation, real).mean() > 30  # close to what Pillow does
+        assert abs(evaluation.psnr(approximation, images).mean() - evaluation.psnr(real, images).mean()) < 2
 
 
 @pytest.mark.parametrize("stand_in", sorted(perturbations.JPEG_STAND_INS))

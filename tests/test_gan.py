@@ -6,9 +6,9 @@ import os
 import pytest
 import torch
 
-import gan
-import perturbations
 import transferability
+from fingerprinting import perturbations
+from fingerprinting.generators import gan
 
 
 @pytest.mark.parametrize("resolution", [32, 64])

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from models import StegaStampDecoder, StegaStampEncoder, check_resolution
+
 from published_models import PublishedDecoder, PublishedEncoder
 
 

@@ -9,10 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-import data
 import detect_fingerprints
 import embed_fingerprints
-import utils
+from fingerprinting import data
+from fingerprinting.bits import bits_from_logits, fingerprint_for, format_bits, parse_bits
+from fingerprinting.checkpoints import ModelConfig, save_model_config
+
 from nasty_folder import build_nasty_folder
 from published_models import PublishedDecoder, PublishedEncoder
 
@@ -56,8 +58,8 @@ def test_published_checkpoints_give_published_pixels_and_bits(tmp_path, sample_f
     files = sorted(os.listdir(sample_folder))
     assert [line.split()[0] for line in lines] == files
     for index, (name, line) in enumerate(zip(files, lines)):
-        bits = utils.parse_bits(line.split()[1])
-        assert bits.tolist() == utils.fingerprint_for(index, 16, 42).tolist()
+        bits = parse_bits(line.split()[1])
+        assert bits.tolist() == fingerprint_for(index, 16, 42).tolist()
         clean = data.to_float(data.preprocess(data.load_rgb(f"{sample_folder}/{name}"), resolution))[None]
         with torch.no_grad():
             expected = encoder(bits[None].float(), clean)[0].permute(1, 2, 0).numpy() * 255
@@ -70,7 +72,7 @@ def test_published_checkpoints_give_published_pixels_and_bits(tmp_path, sample_f
         image = data.to_float(torch.from_numpy(np.asarray(
             Image.open(tmp_path / "out" / "fingerprinted_images" / name)).copy()).permute(2, 0, 1))[None]
         with torch.no_grad():
-            assert text == utils.format_bits(utils.bits_from_logits(decoder(image))[0])
+            assert text == format_bits(bits_from_logits(decoder(image))[0])
 
 
 def test_identical_fingerprints_and_seed(tmp_path, sample_folder):
@@ -128,7 +130,7 @@ def test_embed_killed_with_sigkill_then_resumed_equals_uninterrupted_run(tmp_pat
     import sys
     import time
 
-    from sample_images import write_sample_images
+    from fingerprinting.sample_images import write_sample_images
 
     images = write_sample_images(str(tmp_path / "images"), count=120, size=32)
     _, _, (encoder_path, _) = save_published_pair(tmp_path)
@@ -162,7 +164,7 @@ def test_config_file_switches_semantics_without_flags(tmp_path, sample_folder):
     torch.nn.init.zeros_(encoder.residual.bias)
     prefix = str(tmp_path / "res")
     torch.save(encoder.state_dict(), prefix + "_encoder.pth")
-    utils.save_model_config(utils.ModelConfig("residual", True, 32, 16), prefix)
+    save_model_config(ModelConfig("residual", True, 32, 16), prefix)
     summary = embed(sample_folder, tmp_path / "out", prefix + "_encoder.pth")  # resolution from the config
     assert summary["psnr"] >= 99  # identical to the clean image
     name = sorted(os.listdir(sample_folder))[0]
@@ -181,21 +183,21 @@ def test_a_failed_png_write_leaves_no_record_line_and_resume_redoes_it(tmp_path,
     import pytest
 
     _, _, (encoder_path, _) = save_published_pair(tmp_path)
-    save_png, written = data.save_png, []
+    save_image, written = data.save_image, []
 
-    def failing_save_png(image, path):
+    def failing_save_image(image, path, **options):
         if len(written) >= 9:
             raise OSError("disk full")
-        save_png(image, path)
+        save_image(image, path, **options)
         written.append(path)
 
-    monkeypatch.setattr(data, "save_png", failing_save_png)
+    monkeypatch.setattr(data, "save_image", failing_save_image)
     with pytest.raises(OSError, match="disk full"):
         embed(sample_folder, tmp_path / "out", encoder_path, "--image_resolution", "32", "--batch_size", "4")
     recorded = [line.split()[0] for line in read_lines(tmp_path / "out" / "embedded_fingerprints.txt")]
     assert len(recorded) == 8  # two whole batches of 4; the third lost an image
     assert all((tmp_path / "out" / "fingerprinted_images" / name).exists() for name in recorded)
-    monkeypatch.setattr(data, "save_png", save_png)
+    monkeypatch.setattr(data, "save_image", save_image)
     embed(sample_folder, tmp_path / "out", encoder_path, "--image_resolution", "32", "--batch_size", "4", "--resume")
     embed(sample_folder, tmp_path / "full", encoder_path, "--image_resolution", "32", "--batch_size", "4")
     assert (tmp_path / "out" / "embedded_fingerprints.txt").read_bytes() == \
@@ -207,7 +209,7 @@ def test_embed_and_detect_start_without_torchvision():
     import subprocess
     import sys
 
-    code = ("import sys, embedding, detection; "
+    code = ("import sys; from fingerprinting import embedding, detection; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torchvision', 'matplotlib', 'scipy'}))")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)

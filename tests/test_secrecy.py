@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-import gan
-import steganalysis
-from sample_images import sample_crops
+from fingerprinting import steganalysis
+from fingerprinting.generators import gan
+from fingerprinting.sample_images import sample_crops
 
 pytest.importorskip("sklearn", reason="the secrecy extra: pip install -r requirements-secrecy.txt")
 
@@ -108,8 +108,8 @@ def test_secrecy_smoke_run_writes_the_report(tmp_path):
 
 def test_secrecy_uses_the_images_it_has_and_refuses_too_few(tmp_path):
     import secrecy
-    from sample_images import write_sample_images
-    from utils import UserError
+    from fingerprinting.errors import UserError
+    from fingerprinting.sample_images import write_sample_images
 
     folder = write_sample_images(str(tmp_path / "images"), count=150, size=32)
     args = secrecy.parse_args(["--model", "cifar10_32", "--data_dir", folder, "--output_dir", str(tmp_path / "out"),

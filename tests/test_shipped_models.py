@@ -6,11 +6,11 @@ import tarfile
 
 import pytest
 
+from fingerprinting import detection, embedding
+from fingerprinting.checkpoints import shipped_models
+
 import demo
-import detection
-import embedding
 from conftest import SHARED_DATA
-from utils import shipped_models
 
 MODELS = shipped_models()
 CIFAR10, CELEBA = ("cifar10-train.tar.gz", []), ("celeba-small-89x109.tar.gz", ["--center_crop", "74"])

@@ -6,12 +6,11 @@ import os
 import pytest
 import torch
 
-import detection
-import embedding
 import evaluate
-import perturbations
-import training
-import utils
+from fingerprinting import detection, embedding, perturbations, training
+from fingerprinting.checkpoints import SAVED_MODELS, load_checkpoint, load_model_config
+from fingerprinting.errors import UserError
+
 from published_models import PublishedDecoder, PublishedEncoder
 
 
@@ -74,12 +73,12 @@ def test_weight_average_follows_the_trained_weights_at_the_decay():
 
 
 def test_bf16_on_cpu_refuses_16x16(tmp_path, sample_folder):
-    with pytest.raises(utils.UserError, match="--image_resolution >= 32"):
+    with pytest.raises(UserError, match="--image_resolution >= 32"):
         training.train(train_args(sample_folder, tmp_path, "--image_resolution", "16", "--bf16", "--max_steps", "1"))
 
 
 def final_weights(prefix):
-    return {**utils.load_checkpoint(prefix + "_encoder.pth"), **utils.load_checkpoint(prefix + "_decoder.pth")}
+    return {**load_checkpoint(prefix + "_encoder.pth"), **load_checkpoint(prefix + "_decoder.pth")}
 
 
 def test_resume_continues_exactly_where_it_stopped(tmp_path, sample_folder):
@@ -107,19 +106,19 @@ def test_run_folder_contents(tmp_path, sample_folder):
     assert {"bit_acc", "bce", "l2", "psnr"} <= set(metrics[0])
     assert os.listdir(tmp_path / "logs") and sorted(os.listdir(tmp_path / "saved_images")) == ["2.png", "4.png"]
     assert os.path.basename(prefix).startswith("stegastamp_4_")
-    config = utils.load_model_config(prefix + "_encoder.pth")
+    config = load_model_config(prefix + "_encoder.pth")
     assert (config.centred_inputs, config.resolution, config.fingerprint_length) == (True, 16, 4)
     state = torch.load(prefix + "_optim.pth", weights_only=True)
     assert set(state) >= {"optimizer", "step", "trained"}
     # The checkpoint is the weights' moving average; the state keeps the trained weights.
     trained = state["trained"]["encoder"]["residual.weight"]
-    assert not torch.equal(utils.load_checkpoint(prefix + "_encoder.pth")["residual.weight"], trained)
+    assert not torch.equal(load_checkpoint(prefix + "_encoder.pth")["residual.weight"], trained)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["fast"])
 def test_end_to_end_train_embed_detect(tmp_path, recipe):
-    from sample_images import write_sample_images
+    from fingerprinting.sample_images import write_sample_images
 
     images = write_sample_images(str(tmp_path / "images"), count=256, size=48)
     final, prefix = training.train(train_args(images, tmp_path / "run", "--image_resolution", "32",
@@ -195,10 +194,10 @@ def test_init_from_a_shipped_model_starts_where_it_left_off(tmp_path, sample_fol
                                                  "--init_from", "cifar10_32"))
     scratch, _ = training.train(train_args(sample_folder, tmp_path / "scratch", *common))
     assert initialised["heldout_bit_acc"] >= 0.95 > 0.7 > scratch["heldout_bit_acc"]
-    shipped = final_weights(os.path.join(utils.SAVED_MODELS, "cifar10_32"))
+    shipped = final_weights(os.path.join(SAVED_MODELS, "cifar10_32"))
     weights = final_weights(prefix)
     assert all(torch.allclose(weights[key], shipped[key], atol=1e-6) for key in shipped)
-    assert utils.load_model_config(prefix + "_encoder.pth").centred_inputs
+    assert load_model_config(prefix + "_encoder.pth").centred_inputs
 
 
 def test_init_from_an_encoder_path_takes_its_pair_and_meaning(tmp_path, sample_folder):
@@ -209,7 +208,7 @@ def test_init_from_an_encoder_path_takes_its_pair_and_meaning(tmp_path, sample_f
                                        "--init_from", source + "_encoder.pth"))
     weights, expected = final_weights(prefix), final_weights(source)
     assert all(torch.allclose(weights[key], expected[key], atol=1e-6) for key in expected)
-    assert not utils.load_model_config(prefix + "_encoder.pth").centred_inputs  # the source's meaning, not the recipe's
+    assert not load_model_config(prefix + "_encoder.pth").centred_inputs  # the source's meaning, not the recipe's
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -217,10 +216,10 @@ def test_init_from_an_encoder_path_takes_its_pair_and_meaning(tmp_path, sample_f
     (["--image_resolution", "32", "--fingerprint_length", "48"], "this run is 32x32, 48 bits"),
 ])
 def test_init_from_a_mismatched_pair_is_refused(tmp_path, sample_folder, extra, message):
-    with pytest.raises(utils.UserError, match=message):
+    with pytest.raises(UserError, match=message):
         training.train(train_args(sample_folder, tmp_path, "--max_steps", "1", "--init_from", "cifar10_32", *extra))
 
 
 def test_init_from_an_unknown_name_is_refused(tmp_path, sample_folder):
-    with pytest.raises(utils.UserError, match="neither a shipped model"):
+    with pytest.raises(UserError, match="neither a shipped model"):
         training.train(train_args(sample_folder, tmp_path, "--max_steps", "1", "--init_from", "no_such_model"))

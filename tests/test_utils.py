@@ -7,52 +7,62 @@ from pathlib import Path
 import pytest
 import torch
 
-import utils
+from fingerprinting.bits import bit_accuracy, bits_from_logits, fingerprint_for, format_bits, parse_bits
+from fingerprinting.checkpoints import (
+    ModelConfig,
+    config_path_for,
+    load_decoder,
+    load_encoder,
+    load_model_config,
+    save_model_config,
+)
+from fingerprinting.devices import select_device
+from fingerprinting.errors import UserError
+from fingerprinting.records import append_lines, atomic_write, fingerprint_line, open_record, read_fingerprint_file
 from models import StegaStampDecoder, StegaStampEncoder
-from utils import UserError
 
 
 def test_bits_round_trip_and_threshold():
     bits = torch.tensor([0, 1, 1, 0, 1], dtype=torch.uint8)
-    assert utils.format_bits(bits) == "01101"
-    assert torch.equal(utils.parse_bits("01101\n"), bits)
-    assert torch.equal(utils.bits_from_logits(torch.tensor([-1.0, 0.0, 0.5])), torch.tensor([0, 0, 1], dtype=torch.uint8))
+    assert format_bits(bits) == "01101"
+    assert torch.equal(parse_bits("01101\n"), bits)
+    assert torch.equal(bits_from_logits(torch.tensor([-1.0, 0.0, 0.5])), torch.tensor([0, 0, 1], dtype=torch.uint8))
     for text in ["", "0120", "10 1"]:
         with pytest.raises(ValueError):
-            utils.parse_bits(text)
+            parse_bits(text)
 
 
 def test_bit_accuracy_per_image():
     predicted = torch.tensor([[1, 1, 0, 0], [1, 0, 1, 0]])
     truth = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 0]])
-    assert utils.bit_accuracy(predicted, truth).tolist() == [1.0, 0.5]
+    assert bit_accuracy(predicted, truth).tolist() == [1.0, 0.5]
 
 
 def test_fingerprints_depend_only_on_seed_and_index():
-    first = utils.fingerprint_for(7, 100, seed=42)
-    assert first.tolist() == utils.fingerprint_for(7, 100, seed=42).tolist()
-    assert first.tolist() != utils.fingerprint_for(8, 100, seed=42).tolist()
-    assert first.tolist() != utils.fingerprint_for(7, 100, seed=43).tolist()
-    identical = {utils.format_bits(utils.fingerprint_for(i, 100, 42, identical=True)) for i in range(5)}
+    first = fingerprint_for(7, 100, seed=42)
+    assert first.tolist() == fingerprint_for(7, 100, seed=42).tolist()
+    assert first.tolist() != fingerprint_for(8, 100, seed=42).tolist()
+    assert first.tolist() != fingerprint_for(7, 100, seed=43).tolist()
+    identical = {format_bits(fingerprint_for(i, 100, 42, identical=True)) for i in range(5)}
     assert len(identical) == 1
     assert 30 < sum(first) < 70  # uniform bits, not a constant
 
 
 def test_fingerprint_file_round_trip_with_spaces_in_names(tmp_path):
     path = tmp_path / "f.txt"
-    path.write_text(utils.fingerprint_line("my photo.png", [1, 0]) + utils.fingerprint_line("b.png", [0, 0]))
-    records = utils.read_fingerprint_file(str(path))
+    path.write_text(fingerprint_line("my photo.png", [1, 0]) + fingerprint_line("b.png", [0, 0]))
+    records = read_fingerprint_file(str(path))
     assert list(records) == ["my photo.png", "b.png"]
     assert records["my photo.png"].tolist() == [1, 0]
     path.write_text("a.png 01x\n")
     with pytest.raises(UserError, match="f.txt:1"):
-        utils.read_fingerprint_file(str(path))
+        read_fingerprint_file(str(path))
 
 
 def test_cpu_fallback():
-    assert utils.select_device(-1).type == "cpu"
+    assert select_device(-1).type == "cpu"
     if not torch.cuda.is_available():
-        assert utils.select_device(0).type == "cpu"
+        assert select_device(0).type == "cpu"
 
 
 class RunsCode:
@@ -67,7 +77,7 @@ def test_crafted_pickle_is_refused_without_running_code(tmp_path, monkeypatch):
     torch.save({"secret_dense.weight": RunsCode()}, "evil2_encoder.pth")
     for path in ["evil_encoder.pth", "evil2_encoder.pth"]:
         with pytest.raises(UserError, match="refused|not a PyTorch checkpoint"):
-            utils.load_encoder(path, 32)
+            load_encoder(path, 32)
     assert not os.path.exists("pwned")
 
 
@@ -76,34 +86,34 @@ def test_wrong_kind_missing_and_garbage_checkpoints(tmp_path):
     torch.save(StegaStampDecoder(32, 3, 8).state_dict(), tmp_path / "a_decoder.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="not a fingerprint decoder"):
-        utils.load_decoder(str(tmp_path / "a_encoder.pth"))
+        load_decoder(str(tmp_path / "a_encoder.pth"))
     with pytest.raises(UserError, match="not a fingerprint encoder"):
-        utils.load_encoder(str(tmp_path / "a_decoder.pth"), 32)
+        load_encoder(str(tmp_path / "a_decoder.pth"), 32)
     with pytest.raises(UserError, match="not found"):
-        utils.load_decoder(str(tmp_path / "missing.pth"))
+        load_decoder(str(tmp_path / "missing.pth"))
     with pytest.raises(UserError, match="not a PyTorch checkpoint"):
-        utils.load_decoder(str(tmp_path / "junk.pth"))
+        load_decoder(str(tmp_path / "junk.pth"))
     with pytest.raises(UserError, match="reads 32x32"):
-        utils.load_decoder(str(tmp_path / "a_decoder.pth"), 64)
-    decoder, config = utils.load_decoder(str(tmp_path / "a_decoder.pth"))
+        load_decoder(str(tmp_path / "a_decoder.pth"), 64)
+    decoder, config = load_decoder(str(tmp_path / "a_decoder.pth"))
     assert (decoder.resolution, decoder.fingerprint_size, config.encoder_output) == (32, 8, "image")
 
 
 def test_config_file_sits_beside_checkpoints(tmp_path):
     prefix = str(tmp_path / "run")
-    utils.save_model_config(utils.ModelConfig("residual", True, 32, 8), prefix)
-    assert utils.config_path_for(prefix + "_encoder.pth") == prefix + "_config.json"
-    assert utils.load_model_config(prefix + "_decoder.pth") == utils.ModelConfig("residual", True, 32, 8)
-    assert utils.load_model_config(str(tmp_path / "other_decoder.pth")) == utils.ModelConfig()
+    save_model_config(ModelConfig("residual", True, 32, 8), prefix)
+    assert config_path_for(prefix + "_encoder.pth") == prefix + "_config.json"
+    assert load_model_config(prefix + "_decoder.pth") == ModelConfig("residual", True, 32, 8)
+    assert load_model_config(str(tmp_path / "other_decoder.pth")) == ModelConfig()
 
 
 def test_record_resume_drops_a_half_written_line(tmp_path):
     path = str(tmp_path / "r.txt")
     with open(path, "w") as file:
         file.write("a.png 01\nb.png 1")
-    done, record = utils.open_record(path, resume=True)
+    done, record = open_record(path, resume=True)
     with record:
-        utils.append_lines(record, ["b.png 11\n"])
+        append_lines(record, ["b.png 11\n"])
     assert done == ["a.png"]
     assert open(path).read() == "a.png 01\nb.png 11\n"
 
@@ -119,8 +129,8 @@ def test_atomic_write_leaves_the_old_file_or_the_new_one_and_no_temp_file(tmp_pa
 
     for unique_name in (False, True):
         with pytest.raises(OSError):
-            utils.atomic_write(str(target), failing_write, unique_name=unique_name)
+            atomic_write(str(target), failing_write, unique_name=unique_name)
         assert target.read_text() == "old" and os.listdir(tmp_path) == ["out.txt"]
-        utils.atomic_write(str(target), lambda temp_path: Path(temp_path).write_text("new"), unique_name=unique_name)
+        atomic_write(str(target), lambda temp_path: Path(temp_path).write_text("new"), unique_name=unique_name)
         assert target.read_text() == "new" and os.listdir(tmp_path) == ["out.txt"]
         target.write_text("old")

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data import to_float
+from fingerprinting.data import to_float
 
 SPAM_T = 3
 SPAM_LEVELS = 2 * SPAM_T + 1

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-import data
+from fingerprinting import data
 
 
 def gaussian_noise(images, std, generator=None):

@@ -4,8 +4,8 @@ predict the noise of a `DDPMScheduler` (1,000 linear-beta steps), sampled
 with a `DDIMScheduler` (--sampling_steps, deterministic, eta 0). The
 weights' moving average (EMA) is what samples. Nothing is downloaded.
 
-    python diffusion.py train --data_dir fingerprinted_images/ --output_dir runs/ddpm --steps 50000
-    python diffusion.py generate --checkpoint runs/ddpm/ddpm.pth --num_images 1000 --output_dir samples/
+    python -m fingerprinting.generators.diffusion train --data_dir fingerprinted_images/ --output_dir runs/ddpm --steps 50000
+    python -m fingerprinting.generators.diffusion generate --checkpoint runs/ddpm/ddpm.pth --num_images 1000 --output_dir samples/
 
 The run folder holds args.json, metrics.jsonl, logs/ (TensorBoard),
 samples/<step>.png and ddpm.pth (model, EMA, optimizer and step, for
@@ -23,8 +23,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import data
-from utils import UserError, atomic_write, load_checkpoint, run_cli, save_checkpoint, select_device, write_json
+from fingerprinting import data
+from fingerprinting.checkpoints import load_checkpoint, save_checkpoint
+from fingerprinting.devices import select_device
+from fingerprinting.errors import UserError, run_cli
+from fingerprinting.records import atomic_write, write_json
 
 TRAIN_TIMESTEPS = 1000
 

@@ -4,15 +4,23 @@ detect_fingerprints.py, as plain functions."""
 
 import argparse
 import os
-from functools import partial
 
 import torch
+from PIL import Image
 
-import data
-import evaluation
-import folders
-from utils import (UserError, bits_from_logits, decode, fingerprint_line, format_bits, init_distributed, load_decoder,
-                   parse_bits, read_fingerprint_file)
+from fingerprinting import data, evaluation, folders, resizing
+from fingerprinting.api import Fingerprinter
+from fingerprinting.bits import (
+    binomial_p_value,
+    format_bits,
+    matching_bits,
+    max_tampered_matching_bits,
+    min_matching_bits,
+    parse_bits,
+)
+from fingerprinting.devices import init_distributed
+from fingerprinting.errors import UserError
+from fingerprinting.records import fingerprint_line, read_fingerprint_file
 
 RECORD_FILE = "detected_fingerprints.txt"
 ACCURACY_FILE = "bit_accuracy.csv"
@@ -50,28 +58,49 @@ def detect_folder(args):
     """Decode every image in args.data_dir; returns a summary dict."""
     paths, names = folders.list_inputs(args)
     context, device = init_distributed(args.cuda)
-    decoder, config = load_decoder(args.decoder_path, args.image_resolution)
-    decoder = folders.inference_model(decoder, device)
-    resolution = args.image_resolution or decoder.resolution
+    fingerprinter = Fingerprinter.from_paths(None, args.decoder_path, device)
+    folders.check_fingerprint_length(args, fingerprinter)
+    resolution = args.image_resolution or fingerprinter.resolution
     data.check_preprocessing(resolution, args.use_celeba_preprocessing)
-    expected = expected_fingerprints(args, decoder.fingerprint_size)
-
-    decode_images = folders.in_sub_batches(partial(decode, decoder, config), folders.sub_batch_size(decoder, device))
+    expected = expected_fingerprints(args, fingerprinter.fingerprint_length)
+    dataset = folders.input_images(args, paths, resolution, fingerprinter.resolution, keep_pixels=False)
 
     def decode_batch(indices, images):
-        bits = bits_from_logits(decode_images(folders.model_input(images, device))).cpu()
+        if isinstance(images, data.NativeBatch):
+            views = images.views.to(device, non_blocking=True)
+        else:
+            views = torch.stack([resizing.model_view(image.unsqueeze(0), fingerprinter.resolution)[0]
+                                 for image in folders.model_input(images, device)])
+        bits = fingerprinter.read_bits(views).cpu()
         return [fingerprint_line(names[index], row) for index, row in zip(indices, bits)], []
 
-    results = folders.run_over_folder(args, context, device, paths, names, resolution, RECORD_FILE, decode_batch,
-                                      "detecting")
+    results = folders.run_over_folder(args, context, device, dataset, names, RECORD_FILE, decode_batch, "detecting")
     summary = folders.finish(args, context, names, RECORD_FILE, results)
     detected_path = os.path.join(args.output_dir, RECORD_FILE)
     if context.is_main and expected is not None:
-        summary.update(score_against(expected, detected_path, args.output_dir, args.fpr))
+        upscaled = upscaled_images(args, paths, names, fingerprinter.resolution)
+        summary.update(score_against(expected, detected_path, args.output_dir, args.fpr, upscaled))
     if context.is_main and args.registry:
         summary.update(attribute_file(args.registry, detected_path, args.output_dir, args.fpr,
                                       expected if isinstance(expected, dict) else None))
     return summary
+
+
+def upscaled_images(args, paths, names, resolution):
+    """Names of the images read upscaled: with --keep_size, those smaller than
+    the model's size (from the file headers; a resumed run's too)."""
+    if not args.keep_size:
+        return set()
+    upscaled = set()
+    for path, name in zip(paths, names):
+        try:
+            with Image.open(os.path.join(args.data_dir, path)) as image:
+                width, height = image.size
+        except OSError:
+            continue
+        if resizing.is_smaller_than(torch.empty(0, height, width), resolution):
+            upscaled.add(name)
+    return upscaled
 
 
 def expected_fingerprints(args, length):
@@ -91,25 +120,29 @@ def expected_fingerprints(args, length):
     return expected
 
 
-def score_against(expected, detected_path, output_dir, fpr):
-    """Per-image bit accuracy and detection decision of the detected file vs the expected bits."""
+def score_against(expected, detected_path, output_dir, fpr, upscaled=frozenset()):
+    """Per-image bit accuracy and detection decision of the detected file vs
+    the expected bits (and whether each was tampered with or read upscaled)."""
     detected = read_fingerprint_file(detected_path)
     rows = []
     for name, bits in detected.items():
         truth = expected if isinstance(expected, torch.Tensor) else expected.get(name)
         if truth is not None:
-            rows.append((name, int(evaluation.matching_bits(bits, truth)), format_bits(truth)))
+            rows.append((name, int(matching_bits(bits, truth)), format_bits(truth)))
     if not rows:
         raise UserError("no detected image name matches the expected fingerprints")
     length = len(rows[0][2])
-    threshold = evaluation.min_matching_bits(length, fpr)
+    threshold, tampered = min_matching_bits(length, fpr), max_tampered_matching_bits(length, fpr)
     with open(os.path.join(output_dir, ACCURACY_FILE), "w", encoding="utf-8") as file:
-        file.write("image,bit_accuracy,matching_bits,p_value,fingerprinted,expected\n")
-        file.writelines(f'"{name}",{matches / length:.6f},{matches},{evaluation.binomial_p_value(matches, length):.3e},'
-                        f'{int(matches >= threshold)},{bits}\n' for name, matches, bits in rows)
+        file.write("image,bit_accuracy,matching_bits,p_value,fingerprinted,tampered,upscaled,expected\n")
+        file.writelines(f'"{name}",{matches / length:.6f},{matches},{binomial_p_value(matches, length):.3e},'
+                        f'{int(matches >= threshold)},{int(matches <= tampered)},{int(name in upscaled)},{bits}\n'
+                        for name, matches, bits in rows)
     return dict(bit_accuracy=sum(matches for _, matches, _ in rows) / (length * len(rows)), scored=len(rows),
-                unmatched=len(detected) - len(rows), min_matching_bits=threshold,
-                detected_rate=sum(matches >= threshold for _, matches, _ in rows) / len(rows))
+                unmatched=len(detected) - len(rows), min_matching_bits=threshold, max_tampered_matching_bits=tampered,
+                detected_rate=sum(matches >= threshold for _, matches, _ in rows) / len(rows),
+                tampered_rate=sum(matches <= tampered for _, matches, _ in rows) / len(rows),
+                upscaled=sum(name in upscaled for name, _, _ in rows))
 
 
 def attribute_file(registry_path, detected_path, output_dir, fpr, embedded=None):

@@ -2,8 +2,8 @@
 
 Unconditional, 32x32 or 64x64, non-saturating GAN loss, Adam(2e-4, 0.5).
 
-    python gan.py train --data_dir fingerprinted_images/ --output_dir runs/gan --resolution 32 --steps 20000
-    python gan.py generate --checkpoint runs/gan/gan.pth --num_images 1000 --output_dir samples/
+    python -m fingerprinting.generators.gan train --data_dir fingerprinted_images/ --output_dir runs/gan --resolution 32 --steps 20000
+    python -m fingerprinting.generators.gan generate --checkpoint runs/gan/gan.pth --num_images 1000 --output_dir samples/
 
 The run folder holds args.json, metrics.jsonl, logs/ (TensorBoard),
 samples/<step>.png and gan.pth (generator, discriminator, optimizers and
@@ -22,8 +22,11 @@ from torch import nn
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-import data
-from utils import UserError, atomic_write, load_checkpoint, run_cli, save_checkpoint, select_device, write_json
+from fingerprinting import data
+from fingerprinting.checkpoints import load_checkpoint, save_checkpoint
+from fingerprinting.devices import select_device
+from fingerprinting.errors import UserError, run_cli
+from fingerprinting.records import atomic_write, write_json
 
 LATENT_SIZE = 128
 

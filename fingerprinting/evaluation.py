@@ -4,46 +4,22 @@ Pure functions over tensors and folders; the scripts and the report command
 call them.
 """
 
-import math
 import os
 import warnings
-from functools import lru_cache
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-import data
-from utils import UserError, bits_from_logits, decode, encode
+from fingerprinting import data
+from fingerprinting.bits import bits_from_logits, detection_threshold
+from fingerprinting.checkpoints import decode, encode
+from fingerprinting.errors import UserError
 
-PAPER_MATCH_FRACTION = 0.75  # the paper: fingerprinted if >= 75% of the bits match
 UNKNOWN = "unknown"
 
 
 # --- detection ------------------------------------------------------------
-
-def binomial_p_value(matches, length):
-    """P(at least `matches` of `length` random bits match): one-sided, p = 1/2."""
-    return sum(math.comb(length, k) for k in range(matches, length + 1)) / 2 ** length
-
-
-@lru_cache(maxsize=None)
-def min_matching_bits(length, fpr):
-    """Fewest matching bits whose p-value is <= `fpr` (the detection threshold)."""
-    for matches in range(length + 1):
-        if binomial_p_value(matches, length) <= fpr:
-            return matches
-    return length + 1  # no threshold reaches this false-positive rate
-
-
-def paper_min_matching_bits(length):
-    return math.ceil(PAPER_MATCH_FRACTION * length)
-
-
-def matching_bits(predicted_bits, true_bits):
-    """Number of equal bits per image (b L, b L or L -> b)."""
-    return (predicted_bits.to(torch.uint8) == true_bits.to(torch.uint8)).sum(dim=-1)
-
 
 @torch.no_grad()
 def fingerprinted_images(encoder, config, bits, images, device="cpu", batch_size=256):
@@ -61,11 +37,6 @@ def decoded_bits(decoder, config, images, device="cpu", batch_size=256, perturb=
         batch = data.to_float(images[start:start + batch_size]).to(device)
         out.append(bits_from_logits(decode(decoder, config, batch if perturb is None else perturb(batch))).cpu())
     return torch.cat(out)
-
-
-def detection_threshold(length, fpr=None):
-    """Matching bits needed: from `fpr` (binomial test) or the paper's 75% rule."""
-    return paper_min_matching_bits(length) if fpr is None else min_matching_bits(length, fpr)
 
 
 # --- attribution ----------------------------------------------------------
@@ -101,6 +72,12 @@ def confusion_table(attributed, truth):
 
 
 # --- fidelity -------------------------------------------------------------
+
+def psnr(images, reference):
+    """PSNR in dB per image (b) of images in [0, 1] (b c h w); capped at 100 dB."""
+    mse = (images.clamp(0, 1) - reference).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10 * torch.log10(1 / mse)
+
 
 def _gaussian_window(size=11, sigma=1.5):
     coords = torch.arange(size, dtype=torch.float64) - size // 2

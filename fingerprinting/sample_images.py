@@ -4,7 +4,7 @@ Works on a fresh clone with no dataset: square crops at several scales from
 scikit-image's sample photos (astronaut, coffee, rocket, hubble, ...),
 written as PNG files into a folder.
 
-    python sample_images.py --output_dir samples --count 256 --size 64
+    python -m fingerprinting.sample_images --output_dir samples --count 256 --size 64
 """
 
 import argparse

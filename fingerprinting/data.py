@@ -11,7 +11,9 @@ import torch
 from PIL import Image, ImageFile, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
-from utils import UserError, atomic_write
+from fingerprinting import resizing
+from fingerprinting.errors import UserError
+from fingerprinting.records import atomic_write
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 CELEBA_CROP = 148  # published CelebA preprocessing: center-crop 148, resize 128
@@ -49,24 +51,25 @@ def list_images(data_dir, recursive=False):
     return sorted(found)
 
 
-def output_names(relative_paths):
-    """Unique PNG names for the inputs: `a/x.jpg` -> `a/x.png`.
+def output_names(relative_paths, extension=".png"):
+    """Unique output names for the inputs: `a/x.jpg` -> `a/x.png`.
 
     The published rule (stem + .png) is kept whenever it is unambiguous;
     where two inputs would collide (`x.jpg`, `x.png`) the full file name is
-    kept (`x.jpg.png`), then a counter is added.
+    kept (`x.jpg.png`), then a counter is added. Other formats take their
+    own `extension` (`.jpg`, `.webp`) by the same rule.
     """
-    stems = [os.path.splitext(path)[0] + ".png" for path in relative_paths]
+    stems = [os.path.splitext(path)[0] + extension for path in relative_paths]
     counts = {}
     for stem in stems:
         counts[stem.lower()] = counts.get(stem.lower(), 0) + 1
     names, taken = [], set()
     for path, stem in zip(relative_paths, stems):
-        name = stem if counts[stem.lower()] == 1 else (path if path.lower().endswith(".png") else path + ".png")
-        base, number = name[:-4], 1
+        name = stem if counts[stem.lower()] == 1 else (path if path.lower().endswith(extension) else path + extension)
+        base, number = name[:-len(extension)], 1
         while name.lower() in taken:
             number += 1
-            name = f"{base}-{number}.png"
+            name = f"{base}-{number}{extension}"
         taken.add(name.lower())
         names.append(name)
     return names
@@ -81,6 +84,11 @@ def load_rgb(path):
     with Image.open(path) as image:
         image.load()
         image = ImageOps.exif_transpose(image)
+    return to_rgb(image)
+
+
+def to_rgb(image):
+    """A PIL image of any mode as 8-bit RGB (16-bit scaled down, alpha dropped)."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         values = np.asarray(image, dtype=np.float64)
         scale = 257.0 if values.max() > 255 else 1.0
@@ -116,7 +124,7 @@ def preprocess(image, resolution, center_crop=0):
         image = resize_pil(image, resolution if width <= height else resized_long,
                            resized_long if width <= height else resolution)
         image = center_crop_pil(image, resolution)
-    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+    return pil_to_uint8(image)
 
 
 def resize_pil(image, width, height):
@@ -134,6 +142,20 @@ def center_crop_pil(image, size):
 def center_crop_for(use_celeba_preprocessing, center_crop=0):
     """The crop size the flags ask for (0 = shorter-side resize)."""
     return CELEBA_CROP if use_celeba_preprocessing else center_crop
+
+
+def resize_and_center_crop(image, resolution):
+    """The default preprocessing on a float tensor (c h w): shorter side resized
+    to `resolution` (antialiased bilinear), then center-cropped square."""
+    height, width = image.shape[-2:]
+    short, long = min(height, width), max(height, width)
+    resized_long = int(resolution * long / short)
+    size = (resized_long, resolution) if width <= height else (resolution, resized_long)
+    if size != (height, width):
+        image = torch.nn.functional.interpolate(image.unsqueeze(0), size=size, mode="bilinear", align_corners=False,
+                                                antialias=short > resolution)[0].clamp(0, 1)
+    top, left = (image.shape[-2] - resolution) // 2, (image.shape[-1] - resolution) // 2
+    return image[..., top:top + resolution, left:left + resolution]
 
 
 class ImageFiles(Dataset):
@@ -155,20 +177,66 @@ class ImageFiles(Dataset):
     def __getitem__(self, index):
         path = os.path.join(self.data_dir, self.relative_paths[index])
         try:
-            image = preprocess(load_rgb(path), self.resolution, self.center_crop)
+            image = self.prepare(load_rgb(path))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
                 Image.DecompressionBombError) as error:
             return index, None, f"{type(error).__name__}: {error}".replace("\n", " ")
         return index, image, None
 
+    def prepare(self, image):
+        return preprocess(image, self.resolution, self.center_crop)
+
+
+class NativeImageFiles(ImageFiles):
+    """Images at their own size (--keep_size), each with its model view.
+
+    Items carry (uint8 pixels c h w, or None without `keep_pixels`; the
+    float view c r r the networks read, `resizing.model_view`), computed in
+    the reader processes."""
+
+    def __init__(self, data_dir, relative_paths, resolution, keep_pixels=True):
+        super().__init__(data_dir, relative_paths, resolution)
+        self.keep_pixels = keep_pixels
+
+    def prepare(self, image):
+        pixels = pil_to_uint8(image)
+        view = resizing.model_view(to_float(pixels).unsqueeze(0), self.resolution)[0]
+        return pixels if self.keep_pixels else None, view, resizing.is_smaller_than(pixels, self.resolution)
+
+
+def pil_to_uint8(image):
+    """An RGB PIL image as a uint8 tensor (c h w)."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+
 
 def collate_records(records):
-    """Batch good images; pass bad ones through as (index, reason)."""
+    """Batch good images; pass bad ones through as (index, reason).
+
+    Preprocessed images stack into one uint8 tensor (b c h w); native ones
+    (NativeImageFiles) give a NativeBatch."""
     good = [(index, image) for index, image, error in records if error is None]
     failed = [(index, error) for index, _, error in records if error is not None]
     indices = torch.tensor([index for index, _ in good], dtype=torch.long)
+    if good and isinstance(good[0][1], tuple):
+        pixels, views, upscaled = zip(*(image for _, image in good))
+        return indices, NativeBatch(list(pixels), torch.stack(views), torch.tensor(upscaled)), failed
     images = torch.stack([image for _, image in good]) if good else torch.empty(0, dtype=torch.uint8)
     return indices, images, failed
+
+
+class NativeBatch:
+    """Images of mixed sizes: their uint8 pixels (a list of c h w, or Nones),
+    their model views (b c r r, float) and whether each was upscaled (b)."""
+
+    def __init__(self, pixels, views, upscaled):
+        self.pixels, self.views, self.upscaled = pixels, views, upscaled
+
+    def __len__(self):
+        return len(self.views)
+
+    def pin_memory(self):
+        self.views = self.views.pin_memory()
+        return self
 
 
 def image_batches(dataset, batch_size, num_workers, indices=None, pin_memory=False):
@@ -205,12 +273,21 @@ def to_uint8(images):
     return images.clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
-def save_png(image, path):
-    """Write a uint8 (c h w) tensor as PNG, atomically (output names are unique)."""
+# --output_format: file extension and Pillow's save options.
+OUTPUT_FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+DEFAULT_QUALITY = 95  # JPEG and WebP
+
+
+def save_image(image, path, image_format="png", quality=DEFAULT_QUALITY):
+    """Write a uint8 (c h w) tensor as PNG, JPEG or WebP, atomically (output names are unique)."""
     array = image.permute(1, 2, 0).cpu().numpy()
-    atomic_write(path, lambda temp_path: Image.fromarray(array).save(temp_path, format="PNG",
-                                                                     compress_level=PNG_COMPRESS_LEVEL),
-                 unique_name=True)
+    options = (dict(format="PNG", compress_level=PNG_COMPRESS_LEVEL) if image_format == "png"
+               else dict(format=image_format.upper(), quality=quality))
+    atomic_write(path, lambda temp_path: Image.fromarray(array).save(temp_path, **options), unique_name=True)
+
+
+def save_png(image, path):
+    save_image(image, path)
 
 
 def save_numbered_pngs(images, output_dir):

@@ -3,7 +3,7 @@
 What embed and detect share lives here, written once: their flags and
 `--model` resolution, listing the inputs, resuming (the record file says
 what is done), torchrun sharding into part files, the batch loop with its
-decode workers and PNG writers, and the summary.
+decode workers and image writers, and the summary.
 """
 
 import glob
@@ -11,15 +11,18 @@ import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import torch
 from tqdm import tqdm
 
-import data
-from models import check_resolution
-from utils import (UserError, append_lines, barrier, close_distributed, complete_lines, gather, merge_shards,
-                   model_pair_paths, open_record, shard_path, shipped_models)
+from fingerprinting import data
+from fingerprinting.checkpoints import model_pair_paths, shipped_models
+from fingerprinting.devices import barrier, close_distributed, gather
+from fingerprinting.errors import UserError
+from fingerprinting.records import append_lines, complete_lines, merge_shards, open_record, shard_path
 
+MIN_RESOLUTION = 8  # smallest --image_resolution (the images are then resized to the model's size)
 PNG_WRITERS = 2  # threads; Pillow's zlib releases the GIL
 BATCHES_IN_FLIGHT = 2  # batches whose PNGs may still be writing while the next is computed
 
@@ -42,6 +45,11 @@ def add_input_arguments(parser):
     add("--seed", type=int, default=42, help="fingerprint seed (default 42)")
     add("--num_workers", type=int, default=None, help="image decoding processes (default: cores - 1)")
     add("--resume", action="store_true", help="keep finished images of an interrupted run, do the rest")
+    add("--keep_size", action="store_true",
+        help="images at their own size: each whole image is resized to the model's size for the networks "
+             "(its centred square if one side is over twice the other); nothing is cropped (default off)")
+    add("--fingerprint_length", "--fingerprint_size", dest="fingerprint_length", type=int, default=None,
+        help="bits the model's fingerprints must have (read from the checkpoint; checked if given)")
 
 
 def add_model_argument(parser):
@@ -65,11 +73,15 @@ def resolve_model(parser, args, need_encoder=False, need_decoder=False):
 
 def validate_input_arguments(parser, args):
     if args.image_resolution is not None:
+        if args.image_resolution < MIN_RESOLUTION:
+            parser.error(f"--image_resolution must be >= {MIN_RESOLUTION}")
         try:
-            check_resolution(args.image_resolution)
             data.check_preprocessing(args.image_resolution, args.use_celeba_preprocessing)
-        except (ValueError, UserError) as error:
+        except UserError as error:
             parser.error(str(error))
+    if args.keep_size and (args.image_resolution or args.use_celeba_preprocessing or args.center_crop):
+        parser.error("--keep_size keeps every image's own size: it takes no --image_resolution, "
+                     "--use_celeba_preprocessing or --center_crop")
     if args.batch_size < 1:
         parser.error("--batch_size must be >= 1")
     if args.num_workers is None:
@@ -78,10 +90,26 @@ def validate_input_arguments(parser, args):
 
 # --- inputs and resume ------------------------------------------------------------
 
-def list_inputs(args):
+def list_inputs(args, extension=".png"):
     """The input files (relative paths) and their unique output names."""
     paths = data.list_images(args.data_dir, args.recursive)
-    return paths, data.output_names(paths)
+    return paths, data.output_names(paths, extension)
+
+
+def check_fingerprint_length(args, fingerprinter):
+    """--fingerprint_length/--fingerprint_size, if given, must be the checkpoint's."""
+    if args.fingerprint_length is not None and args.fingerprint_length != fingerprinter.fingerprint_length:
+        raise UserError(f"--fingerprint_length {args.fingerprint_length}: the model's fingerprints have "
+                        f"{fingerprinter.fingerprint_length} bits")
+
+
+def input_images(args, paths, resolution, model_resolution, keep_pixels=True):
+    """The dataset the folder loop reads: preprocessed to `resolution`, or
+    with --keep_size the images at their own size with their model views."""
+    if args.keep_size:
+        return data.NativeImageFiles(args.data_dir, paths, model_resolution, keep_pixels)
+    return data.ImageFiles(args.data_dir, paths, resolution, data.center_crop_for(args.use_celeba_preprocessing,
+                                                                                  args.center_crop))
 
 
 def open_pending(args, names, record_file, context):
@@ -105,15 +133,6 @@ def open_pending(args, names, record_file, context):
 
 # --- the loop ----------------------------------------------------------------------
 
-def inference_model(model, device):
-    """`model` for the batch loop: eval mode on `device`, channels-last.
-
-    Still float32: channels-last only reorders the sums inside each
-    convolution (outputs agree to ~1e-6), and on CPU it runs the
-    StegaStamp encoder 1.5-1.7x faster than the default layout."""
-    return model.eval().to(device, memory_format=torch.channels_last)
-
-
 def model_input(images, device):
     """uint8 images (b c h w) -> float in [0, 1] on `device`, channels-last.
 
@@ -123,44 +142,19 @@ def model_input(images, device):
     return data.to_float(images).contiguous(memory_format=torch.channels_last)
 
 
-# glibc hands out every block above 32 MB as a fresh mapping that the kernel
-# zero-fills page by page, and unmaps it when freed: at 128 px a batch of 64
-# through the encoder took half a million page faults. Sub-batches whose
-# largest activation stays under that size reuse the heap instead: 9,800
-# faults, the encoder 1.7x faster at 128 px, the same outputs. 32 px batches
-# of 64 are not split.
-ACTIVATION_BYTES = 24 * 2**20
-
-
-def sub_batch_size(model, device):
-    """Images per call of `model` on `device` (None: the whole batch; GPUs cache their memory)."""
-    if device.type == "cuda":
-        return None
-    return max(1, ACTIVATION_BYTES // (4 * model.widest_activation()))
-
-
-def in_sub_batches(function, size):
-    """`function` over whole batches, called on `size` images at a time (all at once if None)."""
-    def call(*tensors):
-        if size is None or len(tensors[0]) <= size:
-            return function(*tensors)
-        return torch.cat([function(*(tensor[start:start + size] for tensor in tensors))
-                          for start in range(0, len(tensors[0]), size)])
-    return call
-
-
-class PngWriter:
-    """Writes a batch's PNGs in background threads; its record lines are
+class ImageWriter:
+    """Writes a batch's images in background threads; its record lines are
     appended only once all of them are on disk, so a line in the record
     still means its image is finished."""
 
-    def __init__(self, record):
+    def __init__(self, record, image_format="png", quality=data.DEFAULT_QUALITY):
         self.record = record
+        self.save = partial(data.save_image, image_format=image_format, quality=quality)
         self.threads = ThreadPoolExecutor(PNG_WRITERS)
         self.in_flight = deque()  # (futures, lines) per batch, oldest first
 
-    def submit(self, lines, pngs):
-        futures = [self.threads.submit(data.save_png, image, path) for image, path in pngs]
+    def submit(self, lines, images):
+        futures = [self.threads.submit(self.save, image, path) for image, path in images]
         self.in_flight.append((futures, lines))
         while len(self.in_flight) > BATCHES_IN_FLIGHT:
             self.finish_oldest()
@@ -177,25 +171,24 @@ class PngWriter:
         self.threads.shutdown()
 
 
-def run_over_folder(args, context, device, paths, names, resolution, record_file, process_batch, description):
-    """Feed every pending image of args.data_dir to `process_batch`, batch by batch.
+def run_over_folder(args, context, device, dataset, names, record_file, process_batch, description):
+    """Feed every pending image of `dataset` (`input_images`) to `process_batch`, batch by batch.
 
-    `process_batch(indices, images)` gets uint8 images (b c h w) and returns
-    (record lines, [(uint8 image c h w, PNG path), ...] to save).
+    `process_batch(indices, images)` gets uint8 images (b c h w), or a
+    data.NativeBatch with --keep_size, and returns (record lines,
+    [(uint8 image c h w, output path), ...] to save).
     Returns this process's results for `finish`.
     """
     pending, record = open_pending(args, names, record_file, context)
-    crop = data.center_crop_for(args.use_celeba_preprocessing, args.center_crop)
-    dataset = data.ImageFiles(args.data_dir, paths, resolution, crop)
     failures, started = [], time.time()
     with record, torch.inference_mode():
-        writer = PngWriter(record)
+        writer = ImageWriter(record, getattr(args, "output_format", "png"), getattr(args, "quality", data.DEFAULT_QUALITY))
         try:
             batches = data.image_batches(dataset, args.batch_size, args.num_workers, pending,
                                          pin_memory=device.type == "cuda")
             for indices, images, failed in tqdm(batches, desc=description, unit="batch", mininterval=1.0,
                                                 disable=not context.is_main):
-                failures.extend((paths[index], reason) for index, reason in failed)
+                failures.extend((dataset.relative_paths[index], reason) for index, reason in failed)
                 if len(indices):
                     writer.submit(*process_batch(indices, images))
         finally:

@@ -1,0 +1,170 @@
+"""Checkpoints and what their numbers mean: safe loading, the shipped pairs,
+model configs, and encoding/decoding with a pair as its config says."""
+
+import json
+import os
+import pickle
+import zipfile
+from dataclasses import asdict, dataclass
+
+import torch
+
+from fingerprinting import modulation
+from fingerprinting.errors import UserError
+from fingerprinting.records import atomic_write, write_json
+from models import StegaStampDecoder, StegaStampEncoder, resolution_from_dense_inputs
+
+
+def save_checkpoint(obj, path):
+    """torch.save, atomically."""
+    atomic_write(path, lambda temp_path: torch.save(obj, temp_path))
+
+
+def load_checkpoint(path):
+    """Load a checkpoint without ever executing code from it."""
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Unsupported global" in str(error):
+            raise UserError(f"{path}: refused to load, it holds code or objects beyond plain weights "
+                            f"(only state_dicts of tensors load)") from None
+        raise UserError(f"{path}: not a PyTorch checkpoint (unreadable content)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+        raise UserError(f"{path}: not a PyTorch checkpoint ({type(error).__name__})") from None
+
+
+@dataclass
+class ModelConfig:
+    """What a checkpoint pair's numbers mean, saved as `<run>_config.json`.
+
+    Published checkpoints have no config file and get the defaults: the
+    encoder's sigmoid output is the fingerprinted image, inputs in [0, 1].
+    """
+
+    encoder_output: str = "image"  # "image" (published) or "residual" (image + output)
+    centred_inputs: bool = False  # images and bits mapped to [-1, 1] before the networks
+    resolution: int = 0
+    fingerprint_length: int = 0
+    modulation: str = "none"  # "dog": residual signed by the image's own field (modulation.py)
+
+
+# Weights resolve relative to the repository, never the working folder.
+SAVED_MODELS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "saved_models")
+
+
+def shipped_models():
+    """Names of the encoder/decoder pairs in saved_models/."""
+    if not os.path.isdir(SAVED_MODELS):
+        return []
+    return sorted(name[: -len("_encoder.pth")] for name in os.listdir(SAVED_MODELS)
+                  if name.endswith("_encoder.pth")
+                  and os.path.exists(os.path.join(SAVED_MODELS, name.replace("_encoder.pth", "_decoder.pth"))))
+
+
+def model_pair_paths(name_or_encoder_path):
+    """(encoder, decoder) checkpoint paths of a shipped model's name, or of
+    an `_encoder.pth` path and the `_decoder.pth` beside it."""
+    if name_or_encoder_path in shipped_models():
+        prefix = os.path.join(SAVED_MODELS, name_or_encoder_path)
+    elif name_or_encoder_path.endswith("_encoder.pth"):
+        prefix = name_or_encoder_path[: -len("_encoder.pth")]
+    else:
+        raise UserError(f"{name_or_encoder_path}: neither a shipped model ({', '.join(shipped_models()) or 'none'}) "
+                        f"nor an _encoder.pth path")
+    return prefix + "_encoder.pth", prefix + "_decoder.pth"
+
+
+def config_path_for(checkpoint_path):
+    """`x/run_encoder.pth` or `x/run_decoder.pth` -> `x/run_config.json`."""
+    stem = checkpoint_path[:-4] if checkpoint_path.endswith(".pth") else checkpoint_path
+    for suffix in ("_encoder", "_decoder"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+    return stem + "_config.json"
+
+
+def load_model_config(checkpoint_path):
+    path = config_path_for(checkpoint_path)
+    if not os.path.exists(path):
+        return ModelConfig()
+    with open(path, encoding="utf-8") as file:
+        values = json.load(file)
+    known = set(ModelConfig.__dataclass_fields__)
+    return ModelConfig(**{key: value for key, value in values.items() if key in known})
+
+
+def save_model_config(config, checkpoint_prefix):
+    write_json(asdict(config), checkpoint_prefix + "_config.json")
+
+
+def _state_dict(path, required_key, kind):
+    state_dict = load_checkpoint(path)
+    if not isinstance(state_dict, dict) or required_key not in state_dict:
+        raise UserError(f"{path}: not a fingerprint {kind} checkpoint (no '{required_key}')")
+    return state_dict
+
+
+def _load_strict(model, state_dict, path):
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:
+        raise UserError(f"{path}: does not match the {type(model).__name__} architecture "
+                        f"({str(error).splitlines()[0]})") from None
+    return model.eval()
+
+
+def load_encoder(path, resolution):
+    """Encoder from a state_dict file; fingerprint length comes from the file."""
+    state_dict = _state_dict(path, "secret_dense.weight", "encoder")
+    channels = state_dict["secret_dense.weight"].shape[0] // 256
+    length = state_dict["secret_dense.weight"].shape[1]
+    config = load_model_config(path)
+    encoder = StegaStampEncoder(resolution, channels, length,
+                                return_residual=config.encoder_output == "residual")
+    return _load_strict(encoder, state_dict, path), config
+
+
+def decoder_resolution(path):
+    """The input size a decoder file was trained for (fixed by dense.0)."""
+    state_dict = _state_dict(path, "dense.0.weight", "decoder")
+    return resolution_from_dense_inputs(state_dict["dense.0.weight"].shape[1])
+
+
+def load_decoder(path, resolution=None):
+    """Decoder from a state_dict file; length and input size come from the file."""
+    state_dict = _state_dict(path, "dense.0.weight", "decoder")
+    native = resolution_from_dense_inputs(state_dict["dense.0.weight"].shape[1])
+    if resolution is not None and resolution != native and not (resolution <= 32 and native == 32):
+        raise UserError(f"{path}: decoder reads {native}x{native} images, "
+                        f"but --image_resolution is {resolution}")
+    channels = state_dict["decoder.0.weight"].shape[1]
+    length = state_dict["dense.2.weight"].shape[0]
+    decoder = StegaStampDecoder(resolution or native, channels, length)
+    return _load_strict(decoder, state_dict, path), load_model_config(path)
+
+
+def encode(encoder, config, fingerprints, images):
+    """Fingerprinted images (b c h w in [0, 1]) from bits (b L, 0/1) and images.
+
+    Unclamped in residual mode so training gradients flow; callers that
+    save pixels clamp.
+    """
+    if config.centred_inputs:
+        output = encoder(fingerprints * 2 - 1, images * 2 - 1)
+    else:
+        output = encoder(fingerprints, images)
+    fingerprinted = images + output if config.encoder_output == "residual" else output
+    if config.modulation == "dog":
+        fingerprinted = modulation.modulate(images, fingerprinted - images)
+    return fingerprinted
+
+
+def decode(decoder, config, images):
+    """Logits (b L) from images (b c h w in [0, 1])."""
+    if config.modulation == "dog":
+        images = modulation.demodulate(images)
+    return decoder(images * 2 - 1 if config.centred_inputs else images)
+
+

@@ -1,0 +1,143 @@
+"""Embedding fingerprints into a folder of images: the work behind
+embed_fingerprints.py, as plain functions (tests, the demo and the
+transferability experiment call them directly), on the Fingerprinter API."""
+
+import argparse
+import os
+
+import numpy as np
+import torch
+
+from fingerprinting import data, evaluation, folders, resizing
+from fingerprinting.api import Fingerprinter
+from fingerprinting.bits import bit_accuracy, fingerprint_for
+from fingerprinting.checkpoints import decoder_resolution, load_model_config
+from fingerprinting.devices import barrier, init_distributed
+from fingerprinting.errors import UserError
+from fingerprinting.records import TEMP_PREFIX, fingerprint_line
+from models import check_resolution
+
+RECORD_FILE = "embedded_fingerprints.txt"
+IMAGE_FOLDER = "fingerprinted_images"
+
+
+def parse_args(argv=None, description=None):
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    folders.add_input_arguments(parser)
+    add = parser.add_argument
+    add("--encoder_path", default=None, help="encoder checkpoint (*_encoder.pth)")
+    folders.add_model_argument(parser)
+    add("--identical_fingerprints", action="store_true", help="the same fingerprint in every image (to train a GAN on)")
+    add("--strength", type=float, default=1.0,
+        help="scale of the embedded residual: lower is cleaner and less robust (default 1.0)")
+    add("--output_format", choices=sorted(data.OUTPUT_FORMATS), default="png",
+        help="file format of the fingerprinted images (default png, the published one: <stem>.png)")
+    add("--quality", type=int, default=data.DEFAULT_QUALITY,
+        help=f"JPEG/WebP quality, 1-100 (default {data.DEFAULT_QUALITY})")
+    add("--check", action="store_true", help="decode the saved images and report bit accuracy (needs --decoder_path)")
+    add("--decoder_path", default=None, help="decoder checkpoint for --check")
+    args = parser.parse_args(argv)
+    folders.resolve_model(parser, args, need_encoder=True, need_decoder=args.check)
+    if args.check and not args.decoder_path:
+        parser.error("--check needs --decoder_path")
+    if not 0 < args.strength <= 4:
+        parser.error("--strength must be in (0, 4]")
+    if not 1 <= args.quality <= 100:
+        parser.error("--quality must be in 1..100")
+    folders.validate_input_arguments(parser, args)
+    return args
+
+
+def check_output_dir(data_dir, output_dir, recursive):
+    """Refuse outputs that would land among (and later be read as) the inputs."""
+    images_dir = os.path.realpath(os.path.join(output_dir, IMAGE_FOLDER))
+    source = os.path.realpath(data_dir)
+    inside = images_dir == source or (recursive and images_dir.startswith(source + os.sep))
+    if inside or source.startswith(images_dir + os.sep):
+        raise UserError(f"--output_dir {output_dir}: would write fingerprinted images into --data_dir; "
+                        f"choose a folder outside it")
+
+
+def model_resolution(args):
+    """The encoder's own size: recorded in its config, else the decoder's input
+    size, else (a published checkpoint alone) --image_resolution, as there."""
+    resolution = load_model_config(args.encoder_path).resolution
+    if not resolution and args.decoder_path:
+        resolution = decoder_resolution(args.decoder_path)
+    resolution = resolution or args.image_resolution
+    if not resolution:
+        raise UserError(f"{args.encoder_path}: has no recorded resolution; give --image_resolution or --decoder_path")
+    try:
+        check_resolution(resolution)
+    except ValueError as error:
+        raise UserError(f"{args.encoder_path}: {error}") from None
+    return resolution
+
+
+def remove_partial_files(images_dir):
+    """Delete our own half-written temp files left by a killed run."""
+    for folder, _, files in os.walk(images_dir):
+        for name in files:
+            if name.startswith(TEMP_PREFIX):
+                os.remove(os.path.join(folder, name))
+
+
+def load_fingerprinter(args, device):
+    """The encoder (and the decoder, for --check) as a Fingerprinter."""
+    fingerprinter = Fingerprinter.from_paths(args.encoder_path, args.decoder_path if args.check else None, device,
+                                             resolution=model_resolution(args))
+    folders.check_fingerprint_length(args, fingerprinter)
+    return fingerprinter
+
+
+def embed_folder(args):
+    """Fingerprint every image in args.data_dir; returns a summary dict."""
+    check_output_dir(args.data_dir, args.output_dir, args.recursive)
+    paths, names = folders.list_inputs(args, data.OUTPUT_FORMATS[args.output_format])
+    context, device = init_distributed(args.cuda)
+    fingerprinter = load_fingerprinter(args, device)
+    resolution = args.image_resolution or fingerprinter.resolution
+    data.check_preprocessing(resolution, args.use_celeba_preprocessing)
+    dataset = folders.input_images(args, paths, resolution, fingerprinter.resolution)
+    images_dir = os.path.join(args.output_dir, IMAGE_FOLDER)
+    if context.is_main:
+        remove_partial_files(images_dir)
+    barrier(context)
+    psnrs, accuracies = [], []
+
+    def fingerprint_batch(indices, images):
+        fingerprints = torch.from_numpy(np.stack([fingerprint_for(int(index), fingerprinter.fingerprint_length,
+                                                                  args.seed, args.identical_fingerprints)
+                                                  for index in indices]))
+        saved, batch_psnrs = fingerprint_images(fingerprinter, images, fingerprints, args.strength, device)
+        psnrs.append(batch_psnrs)
+        if args.check:
+            views = torch.stack([resizing.model_view(data.to_float(image).unsqueeze(0), fingerprinter.resolution)[0]
+                                 for image in saved])
+            accuracies.append(bit_accuracy(fingerprinter.read_bits(views.to(device)).cpu(), fingerprints))
+        lines = [fingerprint_line(names[index], bits) for index, bits in zip(indices, fingerprints)]
+        return lines, [(image, os.path.join(images_dir, names[index])) for index, image in zip(indices, saved)]
+
+    results = folders.run_over_folder(args, context, device, dataset, names, RECORD_FILE, fingerprint_batch,
+                                      "embedding")
+    results.update(psnr=torch.cat(psnrs).tolist() if psnrs else [],
+                   bit_accuracy=torch.cat(accuracies).tolist() if accuracies else [])
+    return folders.finish(args, context, names, RECORD_FILE, results)
+
+
+def fingerprint_images(fingerprinter, images, fingerprints, strength, device):
+    """(the uint8 images to save, a list of c h w; their PSNR at their own
+    size, b) for a batch: uint8 b c h w, or a data.NativeBatch (--keep_size)."""
+    if isinstance(images, data.NativeBatch):
+        sources, views = images.pixels, images.views.to(device, non_blocking=True)
+    else:
+        sources = images
+        views = torch.stack([resizing.model_view(image.unsqueeze(0), fingerprinter.resolution)[0]
+                             for image in folders.model_input(images, device)])
+    clean = (data.to_float(pixels).to(device) for pixels in sources)  # one at a time: native images are large
+    saved, psnrs = [], []
+    for pixels, marked in zip(sources, fingerprinter.marked_images(clean, views, fingerprints.float().to(device),
+                                                                    strength)):
+        saved.append(data.to_uint8(marked).cpu())
+        psnrs.append(evaluation.psnr(data.to_float(saved[-1]).unsqueeze(0), data.to_float(pixels).unsqueeze(0)))
+    return saved, torch.cat(psnrs)

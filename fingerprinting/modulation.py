@@ -1,0 +1,64 @@
+"""Content-keyed modulation: the fingerprint's residual is multiplied by a
+sign field computed from the image itself, so that it adds up only on the
+image it was made for.
+
+Averaging the residuals of many images that share one fingerprint (Yang et
+al. 2024), or copying one image's residual onto another, then pastes a
+pattern whose signs follow *other* images' content: once the decoder
+multiplies what it sees by the sign field of the image in front of it, that
+pattern is scrambled, while an image's own residual comes back whole
+(field x field >= 0).
+
+The field is tanh of a difference of Gaussians of the luminance, at scales
+tied to the model's resolution, normalised per image: coarse enough to
+survive JPEG, noise and blur (measured agreement 0.97-0.99 on CIFAR-10 at
+32 px), local enough to follow a crop (0.93), and uncorrelated between
+images (0.003). It is a fixed function, not a secret: an attacker who
+reads this code can undo it (attacks.py measures that too); it stops the
+attacks of the literature that need no knowledge of the scheme.
+
+Pure functions over float images b c h w in [0, 1].
+"""
+
+import torch
+import torch.nn.functional as F
+
+# Difference of Gaussians at these sigmas per 32 px of the model's side.
+FINE_SIGMA, COARSE_SIGMA = 1.0, 3.0
+# tanh(h / (SHARPNESS_SCALE x rms h)): sign-like where the band is strong.
+SHARPNESS_SCALE = 0.5
+MODES = ("none", "dog")
+
+
+def gaussian_blur(images, sigma):
+    """Separable Gaussian blur (reflect padding) of b c h w images."""
+    radius = max(1, round(3 * sigma))
+    radius = min(radius, images.shape[-1] - 1, images.shape[-2] - 1)
+    coords = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    kernel = torch.exp(-coords ** 2 / (2 * sigma ** 2))
+    kernel = kernel / kernel.sum()
+    channels = images.shape[1]
+    padded = F.pad(images, (radius, radius, radius, radius), mode="reflect")
+    blurred = F.conv2d(padded, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+    return F.conv2d(blurred, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+
+
+def sign_field(images):
+    """The image's own sign field (b 1 h w, in (-1, 1)), from its luminance."""
+    scale = images.shape[-1] / 32
+    luminance = images.mean(1, keepdim=True)
+    band = gaussian_blur(luminance, FINE_SIGMA * scale) - gaussian_blur(luminance, COARSE_SIGMA * scale)
+    spread = band.pow(2).mean((1, 2, 3), keepdim=True).sqrt().clamp_min(1e-6)
+    return torch.tanh(band / (SHARPNESS_SCALE * spread))
+
+
+def modulate(images, residuals):
+    """The fingerprinted image: `residuals` (b c h w) signed by the field of `images`."""
+    return images + residuals * sign_field(images)
+
+
+def demodulate(images):
+    """What the decoder reads: the image multiplied by its own sign field
+    around mid-grey (still in [0, 1]). An image's own modulated residual
+    comes back as residual x field^2; another image's stays scrambled."""
+    return 0.5 + (images - 0.5) * sign_field(images).detach()

@@ -1,0 +1,121 @@
+"""The averaging and copy attacks (attacks.py, fingerprinting/forgery.py and
+attack_suite.py), and the pieces of the defence against them."""
+
+import json
+import os
+
+import pytest
+import torch
+
+import attacks
+from fingerprinting import attack_suite, forgery, modulation
+from fingerprinting.api import Fingerprinter
+
+
+def test_averaging_estimate_recovers_a_planted_additive_pattern():
+    generator = torch.Generator().manual_seed(0)
+    pattern = 0.05 * torch.randn(3, 32, 32, generator=generator)
+    images = torch.rand(2000, 3, 32, 32, generator=generator)
+    estimate = forgery.averaging_estimate(images[:1000] + pattern, images[1000:])
+    correlation = torch.corrcoef(torch.stack([estimate.flatten(), pattern.flatten()]))[0, 1]
+    assert correlation > 0.95
+    assert (estimate - pattern).pow(2).mean().sqrt() < 0.3 * pattern.pow(2).mean().sqrt()
+
+
+class AdditiveToy:
+    """A purely additive watermark (the same pattern on every image) with a
+    correlation detector: what the averaging attack was made for."""
+
+    length = 32
+
+    def __init__(self):
+        generator = torch.Generator().manual_seed(1)
+        orthonormal, _ = torch.linalg.qr(torch.randn(3 * 16 * 16, self.length, generator=generator))
+        self.patterns = orthonormal.T.reshape(self.length, 3, 16, 16) * (3 * 16 * 16) ** 0.5  # rms 1 each
+        self.device = torch.device("cpu")
+        self.fingerprint_length = self.length
+
+    def marked_images(self, images, views, bits):
+        signs = (bits * 2 - 1)[:, :, None, None, None]
+        return (images + 0.025 * (signs * self.patterns).sum(1) / self.length ** 0.5).clamp(0, 1)
+
+    def read_bits(self, images):
+        return ((images - 0.5).unsqueeze(1) * self.patterns).flatten(2).sum(2).gt(0).to(torch.uint8)
+
+    def score(self, bits, expected, fpr):
+        return Fingerprinter.score(self, bits, expected, fpr)
+
+
+def flat_images(count, seed):
+    return (0.5 + 0.01 * torch.randn(count, 3, 16, 16, generator=torch.Generator().manual_seed(seed))).clamp(0, 1)
+
+
+def test_the_averaging_attack_forges_and_strips_a_purely_additive_watermark_every_time():
+    toy = AdditiveToy()
+    fingerprint = torch.randint(0, 2, (toy.length,), generator=torch.Generator().manual_seed(2))
+    victim = attack_suite.Victim(toy, fingerprint, fpr=1e-3)
+    images = (flat_images(240, 3) * 255).round().to(torch.uint8)
+    clean, marked = images[:40].float() / 255, victim.embed(images[:40]).float() / 255
+    rows = attack_suite.averaging_attacks(victim, images[40:], clean, marked, sizes=[100])
+    assert victim.score(clean)[0] == 0 and victim.score(marked)[0] == 1  # the toy works
+    best = {entry["goal"]: entry for entry in attack_suite.best_attacks(rows)}
+    assert best["forge"]["detected"] == 1.0 and best["remove"]["detected"] == 0.0
+    assert best["forge"]["psnr_min"] >= attack_suite.ADMISSIBLE_PSNR
+
+
+def test_agreement_ignores_the_scale_of_the_logits():
+    bits = torch.randint(0, 2, (4, 100), generator=torch.Generator().manual_seed(0)).float()
+    logits = (bits * 2 - 1) * 5
+    assert torch.allclose(forgery.agreement(logits, bits), forgery.agreement(logits * 1e-3, bits))
+    assert forgery.agreement(logits, bits).min() > 0.7
+    assert forgery.agreement(-logits, bits).max() < -0.7
+
+
+def test_attack_batch_pastes_other_images_residuals_at_the_drawn_psnr():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(16, 3, 32, 32, generator=generator) * 0.5 + 0.25
+    bits = forgery.grouped_bits(torch.randint(0, 2, (16, 100), generator=generator).float(), 4)
+    assert all(len(torch.unique(part, dim=0)) == 1 for part in bits.split(4))
+    fingerprinted = images + 0.02 * torch.randn(16, 3, 32, 32, generator=generator)
+    forged, pasted_bits, stripped, kept = forgery.attack_batch(images, fingerprinted, bits, 4, (30.0, 30.0), generator)
+    change = (forged - images).pow(2).mean((1, 2, 3)).sqrt()
+    assert torch.allclose(change, torch.full_like(change, forgery.psnr_to_rms(30.0).item()), rtol=0.02)
+    for index in range(16):  # each forgery carries another group's or another image's fingerprint
+        assert not torch.equal(pasted_bits[index], bits[index]) or index // 4 != (index + 4) % 16 // 4
+    assert torch.equal(kept, bits) and stripped.shape == images.shape
+
+
+def test_an_images_own_modulated_residual_comes_back_and_another_images_does_not():
+    generator = torch.Generator().manual_seed(0)
+    images = modulation.gaussian_blur(torch.rand(64, 3, 32, 32, generator=generator), 1.0)
+    residual = 0.03 * torch.randn(1, 3, 32, 32, generator=generator).expand(64, -1, -1, -1)
+
+    def recovered(fingerprinted, clean):
+        read = modulation.demodulate(fingerprinted) - modulation.demodulate(clean)
+        return torch.nn.functional.cosine_similarity(read.flatten(1), residual.flatten(1)).mean().item()
+
+    own = modulation.modulate(images, residual)
+    copied = images + (own - images).roll(1, 0)  # image i gets image i-1's modulated residual
+    averaged = images + (own - images).mean(0, keepdim=True)
+    assert recovered(own, images) > 0.6
+    assert abs(recovered(copied, images)) < 0.15
+    assert abs(recovered(averaged, images)) < 0.3
+
+
+def test_attacks_smoke_run_writes_every_attack(tmp_path):
+    args = attacks.parse_args(["--smoke", "--output_dir", str(tmp_path), "--cuda", "-1", "--bm3d_images", "1"])
+    report = attacks.run(args)
+    names = {entry["attack"] for entry in report["rows"]}
+    assert {"averaging", "averaged copy estimates", "copy"} <= names
+    none = {entry["goal"]: entry for entry in report["rows"] if entry["attack"] == "none"}
+    assert none["forge"]["detected"] == 0.0 and none["remove"]["detected"] >= 0.9
+    assert {"forge", "remove"} == {entry["goal"] for entry in report["best"]}
+    for name in ("attacks.json", "attacks.md", "attacks.png"):
+        assert os.path.getsize(tmp_path / name) > 0
+    assert json.loads((tmp_path / "attacks.json").read_text())["smoke"] is True
+
+
+def test_attacks_refuses_bad_sizes(capsys):
+    with pytest.raises(SystemExit):
+        attacks.parse_args(["--output_dir", "x", "--model", "cifar10_32", "--sizes", "ten"])
+    assert "--sizes" in capsys.readouterr().err
