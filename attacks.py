@@ -2,20 +2,32 @@
 
 Every image of one data set carries one fingerprint (as
 `embed_fingerprints.py --identical_fingerprints` gives). The attacker holds
-some of those images and some clean ones, but not the model:
+some of those images and some clean ones. The families (--attacks):
 
 - averaging (Yang et al. 2024): mean of N fingerprinted images minus the
   mean of N other clean images, added to clean images (forgery) or
-  subtracted from fingerprinted ones (removal), N = --sizes;
-- averaged copy estimates: the mean over N fingerprinted images of each
-  one minus its median-filtered copy (no clean images needed);
-- copy attack: one fingerprinted image minus its denoised copy (median,
-  Gaussian or BM3D), pasted onto a clean image or subtracted from another
-  fingerprinted one;
-- with --transferability_dir: the same averaging over samples of the GAN
-  (or DDPM) trained on fingerprinted data, which anyone can draw.
+  subtracted from fingerprinted ones (removal), N = --sizes; the mean over N
+  fingerprinted images of each one minus its median-filtered copy (no clean
+  images needed); with --transferability_dir the same over samples of the
+  GAN (or DDPM) trained on fingerprinted data, which anyone can draw;
+- copy: one fingerprinted image minus its denoised copy (median, Gaussian
+  or BM3D), pasted onto a clean image or subtracted from another one;
+- signal: median filters 3/5/7, BM3D at several noise levels, JPEG 50 then BM3D;
+- regeneration: compression autoencoders (three bottlenecks) and a one-step
+  denoiser (purification at several noise levels), trained here on the
+  attacker's clean images (the CPU-trained DDPM of diffusion.py is too weak
+  to give faithful images, so the one-step denoiser stands in for it);
+- white-box: L-infinity PGD with our decoder, towards a fresh random string,
+  budgets 1, 2, 4, 8/255;
+- transfer: the same PGD against the attacker's own encoder/decoder pair
+  (trained here, or --attacker_encoder) and, with --transferability_dir,
+  against a clean-vs-fingerprinted classifier trained on the generator's
+  samples vs real images (WAVES);
+- overwrite: a new random fingerprint embedded over ours, with our encoder
+  (an insider) and with the attacker's.
 
-Each at its natural scale and scaled to 30-40 dB. --num_targets images
+Forgeries and averaged or copied estimates are applied at their natural
+scale and scaled to 30-40 dB. --num_targets images
 drawn from --data_dir are attacked: images the model was never trained on.
 The attacker's pool is the rest of the draw, or --pool_dir (the published
 data set, say).
@@ -33,19 +45,21 @@ import argparse
 import importlib.util
 import os
 import random
+import shlex
 import time
 
 import torch
 
-from fingerprinting import Fingerprinter, attack_suite, data, folders, generators
-from fingerprinting.bits import fingerprint_for, min_matching_bits
+from fingerprinting import Fingerprinter, attack_suite, data, folders, generators, steganalysis, training
+from fingerprinting.bits import fingerprint_for, max_tampered_matching_bits, min_matching_bits
 from fingerprinting.devices import select_device
 from fingerprinting.errors import UserError
 from fingerprinting.records import write_json
 from fingerprinting.sample_images import write_sample_images
 from utils import run_cli
 
-SMOKE = dict(num_targets=20, sizes=[5, 20], bm3d_images=2)
+SMOKE = dict(num_targets=20, sizes=[5, 20], bm3d_images=1, attacker_steps=10, regeneration_steps=3, pgd_steps=3,
+             classifier_steps=10)
 
 
 def parse_args(argv=None):
@@ -69,7 +83,19 @@ def parse_args(argv=None):
     add("--bm3d_images", type=int, default=50,
         help="fingerprinted images whose BM3D copy estimates are pasted (about 3 s each on a CPU; default 50)")
     add("--transferability_dir", default=None,
-        help="transferability.py output: also average samples of its generator trained on fingerprinted data")
+        help="transferability.py output: also average samples of its generator trained on fingerprinted data, "
+             "and train the transfer attack's classifier on them")
+    add("--attacks", default=",".join(attack_suite.FAMILIES),
+        help=f"families to run, comma-separated (default all: {','.join(attack_suite.FAMILIES)})")
+    add("--attacker_encoder", default=None,
+        help="the attacker's own *_encoder.pth (its _decoder.pth beside it) for the transfer and overwrite attacks "
+             "(default: trained here on the attacker's pool)")
+    add("--attacker_steps", type=int, default=2000, help="training steps of the attacker's pair (default 2000)")
+    add("--regeneration_steps", type=int, default=1500,
+        help="training steps of each autoencoder and of the denoiser (default 1500)")
+    add("--pgd_steps", type=int, default=100, help="steps of every PGD attack (default 100)")
+    add("--classifier_steps", type=int, default=1000,
+        help="training steps of the clean-vs-fingerprinted classifier (default 1000)")
     add("--fpr", type=float, default=1e-6, help="false-positive rate of the detection test (default 1e-6)")
     add("--seed", type=int, default=42, help="fingerprint seed, as embed_fingerprints.py's (default 42)")
     add("--cuda", type=int, default=0, help="CUDA device index; -1 or no GPU = CPU (default 0)")
@@ -88,6 +114,13 @@ def parse_args(argv=None):
         parser.error("--fpr must be between 0 and 1")
     if min(args.sizes) < 1 or args.num_targets < 1 or args.bm3d_images < 0:
         parser.error("--sizes, --num_targets must be >= 1 and --bm3d_images >= 0")
+    args.attacks = tuple(name.strip() for name in args.attacks.split(","))
+    unknown = set(args.attacks) - set(attack_suite.FAMILIES)
+    if unknown:
+        parser.error(f"--attacks: unknown {', '.join(sorted(unknown))}; known: {', '.join(attack_suite.FAMILIES)}")
+    for name in ("attacker_steps", "regeneration_steps", "pgd_steps", "classifier_steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1")
     if args.num_images < args.num_targets + 2:
         parser.error("--num_images must leave at least 2 images beside --num_targets for the attacker")
     return args
@@ -120,6 +153,22 @@ def generated_samples(args, count, device):
     return generate(count, args.seed, device=device), generators.data_fingerprint(args.transferability_dir)
 
 
+def attacker_pair(args, pool, resolution, length, device):
+    """The attacker's own encoder/decoder (a Fingerprinter): given, or trained on his pool; and how it was made."""
+    if args.attacker_encoder:
+        return Fingerprinter.load(args.attacker_encoder, device), dict(command=f"given: {args.attacker_encoder}")
+    folder = os.path.join(args.output_dir, "attacker_data")
+    data.save_numbered_pngs(pool, folder)
+    argv = ["--data_dir", folder, "--output_dir", os.path.join(args.output_dir, "attacker_encoder"),
+            "--image_resolution", str(resolution), "--fingerprint_length", str(length),
+            "--max_steps", str(args.attacker_steps), "--seed", str(args.seed + 1), "--cuda", str(args.cuda),
+            "--num_holdout", "8" if args.smoke else "64", "--resume"]
+    final, prefix = training.train(training.parse_args(argv))
+    made = dict(command="python train.py " + shlex.join(argv), steps=final["step"],
+                heldout_bit_accuracy=final.get("heldout_bit_acc"), heldout_psnr=final.get("heldout_psnr"))
+    return Fingerprinter.load(prefix + "_encoder.pth", device), made
+
+
 def run(args):
     started = time.time()
     os.makedirs(args.output_dir, exist_ok=True)
@@ -134,12 +183,24 @@ def run(args):
         generated, fingerprint = generated_samples(args, args.num_targets + max(sizes), device)
     denoisers = [name for name in attack_suite.DENOISERS
                  if not name.startswith("bm3d") or (args.bm3d_images and importlib.util.find_spec("bm3d"))]
+    surrogate = made = classifier = None
+    if {"transfer", "overwrite"} & set(args.attacks):
+        surrogate, made = attacker_pair(args, pool, fingerprinter.resolution, length, device)
+    if "transfer" in args.attacks and generated is not None:
+        classifier = steganalysis.train_detector(pool, generated[args.num_targets:], args.classifier_steps,
+                                                 args.seed, device=device, description="classifier")
+    options = attack_suite.Options(families=args.attacks, sizes=sizes, denoisers=denoisers,
+                                   bm3d_images=args.bm3d_images if importlib.util.find_spec("bm3d") else 0,
+                                   regeneration_steps=args.regeneration_steps, pgd_steps=args.pgd_steps,
+                                   generated=generated, surrogate=surrogate, classifier=classifier, seed=args.seed)
     victim = attack_suite.Victim(fingerprinter, fingerprint, args.fpr)
-    rows = attack_suite.run_attacks(victim, targets, pool, sizes, denoisers, args.bm3d_images, generated)
+    rows, trained = attack_suite.run_attacks(victim, targets, pool, options)
     report = dict(model=args.model or args.encoder_path, resolution=fingerprinter.resolution, fingerprint_length=length,
-                  min_matching_bits=min_matching_bits(length, args.fpr), fpr=args.fpr, targets=args.num_targets,
-                  pool=len(pool), sizes=sizes, denoisers=denoisers, rows=rows, best=attack_suite.best_attacks(rows),
-                  seconds=time.time() - started, smoke=args.smoke, args=vars(args))
+                  min_matching_bits=min_matching_bits(length, args.fpr),
+                  max_tampered_matching_bits=max_tampered_matching_bits(length, args.fpr), fpr=args.fpr,
+                  targets=args.num_targets, pool=len(pool), sizes=sizes, denoisers=denoisers, attacker_pair=made,
+                  trained=trained, rows=rows, best=attack_suite.best_attacks(rows), seconds=time.time() - started,
+                  smoke=args.smoke, args=vars(args))
     write_json(report, os.path.join(args.output_dir, "attacks.json"))
     write_markdown(report, os.path.join(args.output_dir, "attacks.md"))
     plot(rows, os.path.join(args.output_dir, "attacks.png"), report["model"])
@@ -147,10 +208,11 @@ def run(args):
 
 
 def table(rows):
-    lines = ["| attack | goal | setting | strength | detected | bit accuracy | PSNR (min) | SSIM |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| attack | goal | setting | strength | detected | bit accuracy | tampered | PSNR (min) | SSIM |",
+             "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['attack']} | {r['goal']} | {r['setting']} | {r['strength']} | {r['detected']:.3f} | "
-              f"{r['bit_accuracy']:.3f} | {r['psnr']:.1f} ({r['psnr_min']:.1f}) | {r['ssim']:.3f} |" for r in rows]
+              f"{r['bit_accuracy']:.3f} | {r['tampered']:.3f} | {r['psnr']:.1f} ({r['psnr_min']:.1f}) | "
+              f"{r['ssim']:.3f} |" for r in rows]
     return lines
 
 
@@ -161,8 +223,14 @@ def write_markdown(report, path):
              f"(>= {report['min_matching_bits']} matching bits); {report['targets']} attacked images, an attacker's "
              f"pool of {report['pool']}; {report['seconds'] / 60:.1f} min. 'detected': the share of attacked "
              "images that carry the fingerprint for the detector (a forgery succeeds where it is high, a removal "
-             "where it is low); PSNR and SSIM against the image attacked.\n",
+             f"where it is low); 'tampered': the share with <= {report['max_tampered_matching_bits']} matching "
+             "bits, as unlikely on a clean image; PSNR and SSIM against the image attacked.\n",
              "## The attacker's best, every image kept at >= 30 dB\n", *table(report["best"]),
+             *([f"\nThe attacker's own pair: `{report['attacker_pair']['command']}`"] if report["attacker_pair"]
+               else []),
+             *(["\nTrained in the run (first -> last training loss): " + ", ".join(
+                 f"{name} {values['first_loss']:.4f} -> {values['last_loss']:.4f}"
+                 for name, values in report["trained"].items())] if report["trained"] else []),
              "\n## Every attack and strength\n", *table(report["rows"])]
     with open(path, "w", encoding="utf-8") as file:
         file.write("\n".join(lines) + "\n")
@@ -179,10 +247,10 @@ def plot(rows, path, title):
         series = {}
         for entry in rows:
             if entry["goal"] == goal and entry["attack"] != "none":
-                series.setdefault(f"{entry['attack']} {entry['setting']}", []).append((entry["psnr"], entry["detected"]))
+                series.setdefault(entry["attack"], []).append((entry["psnr"], entry["detected"]))
         for name, points in sorted(series.items()):
             points.sort()
-            axis.plot(*zip(*points), marker="o", markersize=3, label=name)
+            axis.plot(*zip(*points), marker="o", markersize=3, linestyle=":", label=name)
         axis.axvline(attack_suite.ADMISSIBLE_PSNR, color="grey", linestyle=":")
         axis.set_xlabel("PSNR of the attacked image against its source (dB)")
         axis.set_title({"forge": "forgery: clean images detected", "remove": "removal: fingerprinted images still "

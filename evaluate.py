@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fingerprinting import data, evaluation, perturbations
+from fingerprinting import data, evaluation, file_changes, perturbations
 from fingerprinting.bits import (
     binomial_p_value,
     bit_accuracy,
@@ -52,6 +52,10 @@ def parse_args(argv=None):
     add("--center_crop", type=int, default=0, help="center-crop N pixels before resizing (default 0 = off)")
     add("--use_celeba_preprocessing", action="store_true", help="center-crop 148, resize 128")
     add("--num_images", type=int, default=1000, help="evaluate the first N images (default 1000)")
+    add("--keep_size", action="store_true",
+        help="evaluate at the images' own size (embed/detect --keep_size): PSNR and SSIM at the native size and "
+             "robustness through real files (JPEG, WebP, downscales, crops, rotation, the combined attack)")
+    add("--strength", type=float, default=1.0, help="with --keep_size: embed_fingerprints.py --strength")
     add("--fpr", type=float, default=1e-6, help="false-positive rate of the detection test (default 1e-6)")
     add("--fid", action="store_true", help="also compute FID (needs requirements-fid.txt)")
     add("--skip_robustness", action="store_true", help="leave out the perturbation sweep")
@@ -194,8 +198,31 @@ def write_csv(rows, path):
         writer.writerows(rows)
 
 
+def evaluate_native(args):
+    """--keep_size: the folder pipeline at the images' own size, real-file
+    edits (fingerprinting/file_changes.py); the first --num_images images."""
+    folder = os.path.join(args.output_dir, "inputs")
+    os.makedirs(folder, exist_ok=True)
+    for path in data.list_images(args.data_dir, args.recursive)[:args.num_images]:
+        link = os.path.join(folder, path.replace("/", "__"))
+        if not os.path.lexists(link):
+            os.symlink(os.path.abspath(os.path.join(args.data_dir, path)), link)
+    settings = argparse.Namespace(model=None, encoder_path=args.encoder_path, decoder_path=args.decoder_path,
+                                  data_dir=folder, output_dir=os.path.join(args.output_dir, "files"), keep_size=True,
+                                  strength=args.strength, center_crop=0, recursive=False, fpr=args.fpr,
+                                  seed=args.seed, cuda=args.cuda)
+    report = file_changes.measure(settings)
+    with open(os.path.join(args.output_dir, "report.json"), "w", encoding="utf-8") as file:
+        json.dump(report, file, indent=2)
+    with open(os.path.join(args.output_dir, "report.md"), "w", encoding="utf-8") as file:
+        file.write("# Fingerprint evaluation at the images' own size\n\n" + file_changes.table(report) + "\n")
+    return report
+
+
 def evaluate(args):
     """Compute everything; returns the report dict (also written to disk)."""
+    if args.keep_size:
+        return evaluate_native(args)
     device = select_device(args.cuda)
     encoder, decoder, config, resolution = load_pair(args, device)
     models = (encoder, decoder, config)
@@ -262,6 +289,9 @@ def format_range(value):
 
 def main(args):
     report = evaluate(args)
+    if args.keep_size:
+        print(file_changes.table(report) + f"\nreport: {args.output_dir}/report.md")
+        return
     print(f"bit accuracy {report['bit_accuracy']:.4f}, PSNR {report['psnr']:.2f} dB, SSIM {report['ssim']:.4f}, "
           f"TPR {report['detection']['binomial']['tpr']:.4f} / measured FPR "
           f"{report['detection']['binomial']['measured_fpr']:.4f} at FPR {args.fpr:g}"

@@ -122,12 +122,14 @@ def published_detect(args):
 
 def floor_task(task):
     """Decode and prepare a chunk of inputs; write each as PNG if an output folder is given."""
-    from fingerprinting import data
     from PIL import Image
+
+    from fingerprinting import data
 
     paths, resolution, output_dir = task
     for path in paths:
-        image = data.preprocess(data.load_rgb(path), resolution)
+        image = data.load_rgb(path)
+        image = data.pil_to_uint8(image) if resolution is None else data.preprocess(image, resolution)
         if output_dir:
             name = os.path.splitext(os.path.basename(path))[0] + ".png"
             Image.fromarray(image.permute(1, 2, 0).numpy()).save(os.path.join(output_dir, name), format="PNG",
@@ -142,7 +144,8 @@ def io_floor(args, write):
     output_dir = os.path.join(args.output_dir, "fingerprinted_images") if write else None
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)
-    tasks = [(paths[start:start + FLOOR_CHUNK], args.image_resolution, output_dir)
+    resolution = None if args.keep_size else args.image_resolution
+    tasks = [(paths[start:start + FLOOR_CHUNK], resolution, output_dir)
              for start in range(0, len(paths), FLOOR_CHUNK)]
     with Pool(os.cpu_count()) as pool:
         done = sum(pool.imap_unordered(floor_task, tasks))
@@ -154,7 +157,8 @@ def main():
     parser.add_argument("job", choices=["published-embed", "published-detect", "floor-embed", "floor-detect"])
     parser.add_argument("--data_dir", required=True)
     parser.add_argument("--output_dir", default=None)
-    parser.add_argument("--image_resolution", type=int, required=True)
+    parser.add_argument("--image_resolution", type=int, default=None)
+    parser.add_argument("--keep_size", action="store_true", help="floor: the images at their own size")
     parser.add_argument("--encoder_path", default=None)
     parser.add_argument("--decoder_path", default=None)
     parser.add_argument("--batch_size", type=int, default=64)

@@ -19,7 +19,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from fingerprinting import perturbations, training  # noqa: E402
+from fingerprinting import file_changes, perturbations, training  # noqa: E402
 from utils import run_cli  # noqa: E402
 
 import robustness_files  # noqa: E402
@@ -39,7 +39,7 @@ def run(stand_in, args):
         *(["--init_from", args.init_from] if args.init_from else []),
         *(["--recursive"] if args.recursive else [])]))
     minutes = (time.time() - started) / 60
-    report = robustness_files.measure(robustness_files.parse_args([
+    report = file_changes.measure(robustness_files.parse_args([
         "--encoder_path", prefix + "_encoder.pth", "--decoder_path", prefix + "_decoder.pth",
         "--data_dir", args.heldout_dir, "--output_dir", os.path.join(output, "files")]))
     accuracy = {row["change"]: row["bit_accuracy"] for row in report["rows"]}

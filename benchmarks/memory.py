@@ -49,8 +49,8 @@ def images_per_second(stdout):
 
 def run(args, workdir):
     import torch
-    from fingerprinting.sample_images import write_sample_images
 
+    from fingerprinting.sample_images import write_sample_images
     from models import StegaStampDecoder, StegaStampEncoder
 
     encoder_path, decoder_path = os.path.join(workdir, "m_encoder.pth"), os.path.join(workdir, "m_decoder.pth")

@@ -58,8 +58,8 @@ def main():
     args = parser.parse_args()
 
     import torch
-    from fingerprinting.sample_images import write_sample_images
 
+    from fingerprinting.sample_images import write_sample_images
     from models import StegaStampEncoder
 
     with tempfile.TemporaryDirectory() as workdir:

@@ -67,26 +67,32 @@ def save_random_pair(args, workdir):
     from models import StegaStampDecoder, StegaStampEncoder
 
     torch.manual_seed(0)
+    resolution = args.model_resolution if args.keep_size else args.image_resolution
     paths = os.path.join(workdir, "m_encoder.pth"), os.path.join(workdir, "m_decoder.pth")
-    torch.save(StegaStampEncoder(args.image_resolution, 3, 100).state_dict(), paths[0])
-    torch.save(StegaStampDecoder(args.image_resolution, 3, 100).state_dict(), paths[1])
+    torch.save(StegaStampEncoder(resolution, 3, 100).state_dict(), paths[0])
+    torch.save(StegaStampDecoder(resolution, 3, 100).state_dict(), paths[1])
     return paths
 
 
 def commands(args, side, job, inputs, output, pair):
     """The command line of one side's job on one input folder."""
-    resolution = ["--image_resolution", str(args.image_resolution)]
-    common = [*resolution, "--batch_size", "64", "--cuda", str(args.cuda)]
+    if args.keep_size:  # the images at their own size: a model of --model_resolution, no preprocessing
+        resolution = ours = ["--keep_size"]
+    else:
+        resolution = ours = ["--image_resolution", str(args.image_resolution)]
+    common = ["--batch_size", "64", "--cuda", str(args.cuda)]
     baselines = [sys.executable, os.path.join(ROOT, "benchmarks", "baselines.py")]
     if side == "ours" and job == "embed":
-        return [sys.executable, "embed_fingerprints.py", "--encoder_path", pair[0], "--data_dir", inputs,
-                "--output_dir", output, *common]
+        # --decoder_path only tells a published-key encoder its size
+        return [sys.executable, "embed_fingerprints.py", "--encoder_path", pair[0], "--decoder_path", pair[1],
+                "--data_dir", inputs, "--output_dir", output, *ours, *common]
     if side == "ours":
         return [sys.executable, "detect_fingerprints.py", "--decoder_path", pair[1], "--data_dir", inputs,
-                "--output_dir", output, *common]
+                "--output_dir", output, *ours, *common]
     if side == "published":
         checkpoint = ["--encoder_path", pair[0]] if job == "embed" else ["--decoder_path", pair[1]]
-        return [*baselines, f"published-{job}", *checkpoint, "--data_dir", inputs, "--output_dir", output, *common]
+        return [*baselines, f"published-{job}", *checkpoint, "--data_dir", inputs, "--output_dir", output,
+                *resolution, *common]
     return [*baselines, f"floor-{job}", "--data_dir", inputs, "--output_dir", output, *resolution]
 
 
@@ -137,7 +143,9 @@ def summarise(args, times, peaks):
 
 
 def markdown(args, rows):
-    lines = [f"{args.image_resolution} px, N = {args.num_images} and 4N = {4 * args.num_images} images, "
+    size = (f"images at their own size (--keep_size, model {args.model_resolution} px)" if args.keep_size
+            else f"{args.image_resolution} px")
+    lines = [f"{size}, N = {args.num_images} and 4N = {4 * args.num_images} images, "
              f"median of {args.repeats} alternating runs, {os.cpu_count()} CPU cores, --cuda {args.cuda}", "",
              "| job | side | images/s after start-up | start-up s | peak RSS (N / 4N) | ours vs published | "
              "I/O floor / ours |", "|---|---|---|---|---|---|---|"]
@@ -160,8 +168,18 @@ def main():
     parser.add_argument("--cuda", type=int, default=-1, help="default -1 (CPU)")
     parser.add_argument("--output_dir", default=None, help="where results.json/.md go")
     parser.add_argument("--jobs", nargs="+", choices=["embed", "detect"], default=["embed", "detect"])
-    parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
+    parser.add_argument("--sides", nargs="+", choices=SIDES, default=None,
+                        help="default: all three (with --keep_size: ours and the I/O floor)")
+    parser.add_argument("--keep_size", action="store_true",
+                        help="embed/detect --keep_size: the inputs at their own size (--image_resolution is then the "
+                             "size of the built-in samples), a model of --model_resolution; the published scripts "
+                             "cannot do this")
+    parser.add_argument("--model_resolution", type=int, default=64, help="with --keep_size (default 64)")
     args = parser.parse_args()
+    if args.sides is None:
+        args.sides = [side for side in SIDES if not (args.keep_size and side == "published")]
+    if args.keep_size and "published" in args.sides:
+        parser.error("--keep_size: the published scripts cannot keep the images' size")
     with tempfile.TemporaryDirectory() as workdir:
         rows = run(args, workdir)
     table = markdown(args, rows)

@@ -184,11 +184,13 @@ class Fingerprinter:
         return in_sub_batches(lambda v, b: encode(self.encoder, self.config, b, v), self.encoder_batch)(
             views, bits).clamp(0, 1)
 
-    def logits(self, views):
-        """The decoder's logits (b L) for model-size images (b c r r in [0, 1])."""
+    def logits(self, views, field_gradient=False):
+        """The decoder's logits (b L) for model-size images (b c r r in [0, 1]);
+        differentiable (`field_gradient`: through the modulation's sign field too)."""
         views = views.contiguous(memory_format=torch.channels_last)
-        return torch.cat([in_sub_batches(lambda v: decode(self.decoder, self.config, v), self.decoder_batch)(
-            views[start:start + BATCH_SIZE]) for start in range(0, len(views), BATCH_SIZE)])
+        decode_views = in_sub_batches(lambda v: decode(self.decoder, self.config, v, field_gradient),
+                                      self.decoder_batch)
+        return torch.cat([decode_views(views[start:start + BATCH_SIZE]) for start in range(0, len(views), BATCH_SIZE)])
 
     def read_bits(self, views):
         """Decoded bits (b L uint8) of model-size images."""

@@ -14,12 +14,14 @@ applied at its natural scale ("x1") and scaled to a PSNR of 30, 33, 36 and
 image keeps at least 30 dB.
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fingerprinting import data, evaluation, forgery
+from fingerprinting import data, evaluation, forgery, removal
 from fingerprinting.bits import bit_accuracy
 
 ATTACK_PSNRS = (30, 33, 36, 40)  # dB of the attacked image against its source
@@ -46,12 +48,18 @@ class Victim:
         return torch.cat(out)
 
     def score(self, images):
-        """(detected rate, mean bit accuracy) of float images (n c r r) against the fingerprint."""
+        """(detected rate, mean bit accuracy, tampered rate) of float images (n c r r) against the fingerprint."""
         with torch.inference_mode():
-            bits = self.fingerprinter.read_bits(images.to(self.fingerprinter.device)).cpu()
+            bits = torch.cat([self.fingerprinter.read_bits(images[start:start + 256].to(self.fingerprinter.device))
+                              for start in range(0, len(images), 256)]).cpu()
         expected = self.fingerprint.expand_as(bits)
         detection = self.fingerprinter.score(bits, expected, self.fpr)
-        return detection.detected.float().mean().item(), bit_accuracy(bits, expected).mean().item()
+        return (detection.detected.float().mean().item(), bit_accuracy(bits, expected).mean().item(),
+                detection.tampered.float().mean().item())
+
+    def logits(self, images):
+        """Differentiable logits (b L), through the whole decoding (the white-box attacker's view)."""
+        return self.fingerprinter.logits(images, field_gradient=True)
 
 
 def strengths():
@@ -80,10 +88,10 @@ def sweep(victim, attack, goal, setting, sources, patterns):
 
 
 def row(victim, attack, goal, setting, strength, attacked, sources):
-    detected, accuracy = victim.score(attacked)
+    detected, accuracy, tampered = victim.score(attacked)
     psnrs = evaluation.psnr(attacked, sources)
     return dict(attack=attack, goal=goal, setting=setting, strength=strength, detected=detected,
-                bit_accuracy=accuracy, psnr=psnrs.mean().item(), psnr_min=psnrs.min().item(),
+                bit_accuracy=accuracy, tampered=tampered, psnr=psnrs.mean().item(), psnr_min=psnrs.min().item(),
                 ssim=evaluation.ssim(attacked, sources).mean().item(), images=len(sources))
 
 
@@ -164,23 +172,58 @@ def copy_attacks(victim, pool, clean_targets, marked_targets, denoisers, bm3d_im
     return rows
 
 
-def run_attacks(victim, targets, pool, sizes, denoisers, bm3d_images, generated=None):
-    """Every attack of this module on the targets, with the attacker's pool
-    (uint8 images n c r r, clean). `generated`: uint8 samples of a generator
-    trained on fingerprinted data (the attacker averages those too). Returns the rows."""
-    num_targets = len(targets)
+FAMILIES = ("averaging", "copy", "signal", "regeneration", "white-box", "transfer", "overwrite")
+
+
+@dataclass
+class Options:
+    """What run_attacks runs (the attacks.py flags)."""
+
+    families: tuple = FAMILIES
+    sizes: tuple = (10, 100, 1000)  # N of the averaging attacks
+    denoisers: tuple = tuple(DENOISERS)  # of the copy attack
+    bm3d_images: int = 50  # BM3D is slow on a CPU: this many images
+    regeneration_steps: int = 1500
+    pgd_steps: int = 100
+    generated: torch.Tensor = None  # uint8 samples of a generator trained on fingerprinted data
+    surrogate: object = None  # the attacker's own Fingerprinter (transfer PGD, overwriting)
+    classifier: object = None  # the attacker's clean-vs-fingerprinted classifier (transfer PGD)
+    seed: int = 0
+
+
+def run_attacks(victim, targets, pool, options=Options()):
+    """The attacks of `options.families` on the targets, with the attacker's
+    pool (uint8 images n c r r, clean). Returns (rows, what was trained)."""
     clean_targets = data.to_float(targets)
     marked_targets = data.to_float(victim.embed(targets))
     rows = [row(victim, "none", "forge", "", "", clean_targets, clean_targets),
             row(victim, "none", "remove", "", "", marked_targets, marked_targets)]
-    steps = [lambda: averaging_attacks(victim, pool, clean_targets, marked_targets, sizes),
-             lambda: denoised_averaging_attacks(victim, pool, clean_targets, marked_targets, sizes),
-             lambda: copy_attacks(victim, pool, clean_targets, marked_targets, denoisers, bm3d_images)]
-    if generated is not None:
-        steps.append(lambda: generated_attacks(victim, pool, clean_targets, generated, sizes, num_targets))
-    for step in tqdm(steps, desc="attacks", unit="family"):
-        rows += step()
-    return rows
+    trained = {}
+    families = {
+        "averaging": lambda: (averaging_attacks(victim, pool, clean_targets, marked_targets, options.sizes)
+                              + denoised_averaging_attacks(victim, pool, clean_targets, marked_targets,
+                                                           options.sizes)
+                              + (generated_attacks(victim, pool, clean_targets, options.generated, options.sizes,
+                                                   len(targets)) if options.generated is not None else [])),
+        "copy": lambda: copy_attacks(victim, pool, clean_targets, marked_targets, options.denoisers,
+                                     options.bm3d_images),
+        "signal": lambda: signal_processing_attacks(victim, marked_targets, options.bm3d_images),
+        "regeneration": lambda: regeneration(),
+        "white-box": lambda: whitebox_attacks(victim, marked_targets, options.pgd_steps, options.seed),
+        "transfer": lambda: (transfer_attacks(victim, marked_targets, options.surrogate, options.pgd_steps,
+                                              options.classifier, options.seed) if options.surrogate else []),
+        "overwrite": lambda: overwrite_attacks(victim, marked_targets, options.surrogate, options.seed),
+    }
+
+    def regeneration():
+        regenerated, networks = regeneration_attacks(victim, pool, marked_targets, options.regeneration_steps,
+                                                     options.seed)
+        trained.update(networks)
+        return regenerated
+
+    for family in tqdm(options.families, desc="attacks", unit="family"):
+        rows += families[family]()
+    return rows, trained
 
 
 def generated_attacks(victim, pool, clean_targets, generated, sizes, num_targets):
@@ -216,3 +259,97 @@ def best_attacks(rows):
         if better:
             best[key] = entry
     return [best[key] for key in sorted(best)]
+
+
+# --- removal beyond averaging (removal.py) -------------------------------------------------
+
+MEDIAN_SIZES = (3, 5, 7)
+BM3D_SIGMAS = (0.02, 0.05, 0.1)
+AUTOENCODER_BOTTLENECKS = (16, 8, 4)  # channels of the code at a quarter of the side: 3/4, 3/8, 3/16 of the floats
+PURIFICATION_SIGMAS = (0.05, 0.1, 0.2, 0.3)
+PGD_BUDGETS = (1, 2, 4, 8)  # L-infinity, in 8-bit levels
+
+
+def in_chunks(function, images, size=100):
+    return torch.cat([function(images[start:start + size]) for start in range(0, len(images), size)])
+
+
+def signal_processing_attacks(victim, marked_targets, bm3d_images):
+    """Median filters, BM3D at several noise levels, JPEG 50 then BM3D (BM3D on the first `bm3d_images`)."""
+    rows = [row(victim, "median filter", "remove", f"{size}x{size}", "",
+                data.to_float(data.to_uint8(removal.median(marked_targets, size))), marked_targets)
+            for size in MEDIAN_SIZES]
+    if bm3d_images:
+        few = marked_targets[:bm3d_images]
+        for sigma in tqdm(BM3D_SIGMAS, desc="BM3D", unit="sigma", leave=False):
+            rows.append(row(victim, "BM3D", "remove", f"sigma {sigma:g}", "",
+                            data.to_float(data.to_uint8(removal.bm3d(few, sigma))), few))
+        rows.append(row(victim, "JPEG 50, then BM3D", "remove", "sigma 0.05", "",
+                        data.to_float(data.to_uint8(removal.jpeg_then_bm3d(few, 0.05))), few))
+    return rows
+
+
+def regeneration_attacks(victim, pool, marked_targets, steps, seed=0):
+    """Autoencoders and a one-step denoiser trained on the attacker's clean
+    pool; returns (rows, the first and last training losses of each)."""
+    rows, trained = [], {}
+    for bottleneck in AUTOENCODER_BOTTLENECKS:
+        autoencoder, losses = removal.train_autoencoder(pool, bottleneck, steps, seed)
+        trained[f"autoencoder {bottleneck} channels"] = dict(first_loss=losses[0], last_loss=losses[-1])
+        regenerated = data.to_float(data.to_uint8(in_chunks(lambda x: removal.regenerate(autoencoder, x),
+                                                            marked_targets)))
+        rows.append(row(victim, "autoencoder", "remove", f"{bottleneck} channels at 1/4 side", "", regenerated,
+                        marked_targets))
+    denoiser, losses = removal.train_denoiser(pool, steps, seed)
+    trained["denoiser"] = dict(first_loss=losses[0], last_loss=losses[-1])
+    for sigma in PURIFICATION_SIGMAS:
+        purified = data.to_float(data.to_uint8(in_chunks(lambda x: removal.purify(denoiser, x, sigma, seed),
+                                                         marked_targets)))
+        rows.append(row(victim, "denoiser purification", "remove", f"noise sigma {sigma:g}", "", purified,
+                        marked_targets))
+    return rows, trained
+
+
+def pgd_rows(victim, attack, marked_targets, loss_for, steps, seed=0):
+    """PGD at every budget; `loss_for(images, generator)` gives the loss of a chunk."""
+    rows = []
+    for budget in tqdm(PGD_BUDGETS, desc=attack, unit="budget", leave=False):
+        generator = torch.Generator().manual_seed(seed + budget)
+        adversarial = in_chunks(lambda x: removal.pgd(loss_for(x, generator), x, budget / 255, steps),
+                                marked_targets)
+        rows.append(row(victim, attack, "remove", f"{steps} steps", f"{budget}/255", adversarial, marked_targets))
+    return rows
+
+
+def whitebox_attacks(victim, marked_targets, steps, seed=0):
+    """PGD with our decoder in hand, towards a fresh random string per image."""
+    length = victim.fingerprinter.fingerprint_length
+    return pgd_rows(victim, "white-box PGD", marked_targets, lambda x, generator: removal.towards_bits(
+        victim.logits, torch.randint(0, 2, (len(x), length), generator=generator).float()), steps, seed)
+
+
+def transfer_attacks(victim, marked_targets, surrogate, steps, classifier=None, seed=0):
+    """PGD against the attacker's own decoder (towards random strings) and,
+    given one, a clean-vs-fingerprinted classifier (towards clean): no
+    access to our weights."""
+    length = surrogate.fingerprint_length
+    rows = pgd_rows(victim, "transfer PGD, attacker's decoder", marked_targets,
+                    lambda x, generator: removal.towards_bits(
+                        lambda images: surrogate.logits(images, field_gradient=True),
+                        torch.randint(0, 2, (len(x), length), generator=generator).float()), steps, seed)
+    if classifier is not None:
+        rows += pgd_rows(victim, "transfer PGD, clean-vs-fingerprinted classifier", marked_targets,
+                         lambda x, generator: removal.towards_clean(classifier), steps, seed)
+    return rows
+
+
+def overwrite_attacks(victim, marked_targets, surrogate, seed=0):
+    """A new random fingerprint embedded over ours, with our encoder and with the attacker's."""
+    rows = []
+    for who, pair in (("our encoder (insider)", victim.fingerprinter), ("the attacker's encoder", surrogate)):
+        if pair is None or pair.encoder is None:
+            continue
+        rewritten = in_chunks(lambda x: removal.overwrite(pair.encode, x, pair.fingerprint_length, seed),
+                              marked_targets)
+        rows.append(row(victim, "overwrite", "remove", who, "", rewritten, marked_targets))
+    return rows

@@ -161,10 +161,12 @@ def encode(encoder, config, fingerprints, images):
     return fingerprinted
 
 
-def decode(decoder, config, images):
-    """Logits (b L) from images (b c h w in [0, 1])."""
+def decode(decoder, config, images, field_gradient=False):
+    """Logits (b L) from images (b c h w in [0, 1]). `field_gradient`: let
+    gradients flow through the sign field too (an attacker's full gradient;
+    training stops them there)."""
     if config.modulation == "dog":
-        images = modulation.demodulate(images)
+        images = modulation.demodulate(images, detach_field=not field_gradient)
     return decoder(images * 2 - 1 if config.centred_inputs else images)
 
 

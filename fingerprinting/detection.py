@@ -60,8 +60,7 @@ def detect_folder(args):
     context, device = init_distributed(args.cuda)
     fingerprinter = Fingerprinter.from_paths(None, args.decoder_path, device)
     folders.check_fingerprint_length(args, fingerprinter)
-    resolution = args.image_resolution or fingerprinter.resolution
-    data.check_preprocessing(resolution, args.use_celeba_preprocessing)
+    resolution = folders.preprocessing_resolution(args, fingerprinter.resolution)
     expected = expected_fingerprints(args, fingerprinter.fingerprint_length)
     dataset = folders.input_images(args, paths, resolution, fingerprinter.resolution, keep_pixels=False)
 
@@ -113,6 +112,9 @@ def expected_fingerprints(args, length):
             raise UserError(f"--embedded_fingerprints {args.embedded_fingerprints}: no such file")
         expected = read_fingerprint_file(args.embedded_fingerprints)
         lengths = {len(bits) for bits in expected.values()}
+        # Detected names follow the published rule (<stem>.png); a record of JPEG or WebP files names them
+        # with their own extension.
+        expected = {**{os.path.splitext(name)[0] + ".png": bits for name, bits in expected.items()}, **expected}
     else:
         return None
     if lengths - {length}:

@@ -96,8 +96,7 @@ def embed_folder(args):
     paths, names = folders.list_inputs(args, data.OUTPUT_FORMATS[args.output_format])
     context, device = init_distributed(args.cuda)
     fingerprinter = load_fingerprinter(args, device)
-    resolution = args.image_resolution or fingerprinter.resolution
-    data.check_preprocessing(resolution, args.use_celeba_preprocessing)
+    resolution = folders.preprocessing_resolution(args, fingerprinter.resolution)
     dataset = folders.input_images(args, paths, resolution, fingerprinter.resolution)
     images_dir = os.path.join(args.output_dir, IMAGE_FOLDER)
     if context.is_main:

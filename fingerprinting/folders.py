@@ -103,6 +103,16 @@ def check_fingerprint_length(args, fingerprinter):
                         f"{fingerprinter.fingerprint_length} bits")
 
 
+def preprocessing_resolution(args, model_resolution):
+    """The size the images are preprocessed to: --image_resolution, else 128
+    with --use_celeba_preprocessing (the published CelebA setting), else the
+    model's. A size other than the model's is resized for the networks."""
+    resolution = args.image_resolution or (data.CELEBA_RESOLUTION if args.use_celeba_preprocessing
+                                           else model_resolution)
+    data.check_preprocessing(resolution, args.use_celeba_preprocessing)
+    return resolution
+
+
 def input_images(args, paths, resolution, model_resolution, keep_pixels=True):
     """The dataset the folder loop reads: preprocessed to `resolution`, or
     with --keep_size the images at their own size with their model views."""

@@ -57,8 +57,10 @@ def modulate(images, residuals):
     return images + residuals * sign_field(images)
 
 
-def demodulate(images):
+def demodulate(images, detach_field=True):
     """What the decoder reads: the image multiplied by its own sign field
     around mid-grey (still in [0, 1]). An image's own modulated residual
-    comes back as residual x field^2; another image's stays scrambled."""
-    return 0.5 + (images - 0.5) * sign_field(images).detach()
+    comes back as residual x field^2; another image's stays scrambled.
+    Training passes no gradient through the field (`detach_field`)."""
+    field = sign_field(images)
+    return 0.5 + (images - 0.5) * (field.detach() if detach_field else field)

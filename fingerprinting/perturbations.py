@@ -187,6 +187,16 @@ def jpeg_with_gradient(images, quality, stand_in="approximation"):
     return approximation + (jpeg(images.detach(), quality) - approximation).detach()
 
 
+def resample(images, scale):
+    """Enlarged `scale` times (bilinear) and shrunk back (antialiased): what
+    the residual method does to a fingerprint embedded into, and read from,
+    an image larger than the model (resizing.py)."""
+    size = images.shape[-1]
+    large = F.interpolate(images, size=max(size, round(size * scale)), mode="bilinear", align_corners=False)
+    return F.interpolate(large, size=images.shape[-2:], mode="bilinear", align_corners=False,
+                         antialias=True).clamp(0, 1)
+
+
 # name: strength at ramp 0 (harmless) and at full ramp.
 AUGMENTATIONS = {
     "none": None,
@@ -194,18 +204,23 @@ AUGMENTATIONS = {
     "gaussian_blur": (1, 7),
     "jpeg": (100, 40),
     "center_crop": (1.0, 0.7),
+    "resample": (1.0, 4.0),  # only with --augment_resample
 }
 # One batch slice each; JPEG, the hardest to survive, gets three. Measured
 # at 6,000 steps, JPEG 50 bit accuracy: one slice of five 0.750 (at 31 dB),
 # two of six 0.839, three of seven 0.882 (both at 30.3 dB); center crop 3/4
 # 0.929, 0.901, 0.869.
-AUGMENTATION_SLICES = [*AUGMENTATIONS, "jpeg", "jpeg"]
+AUGMENTATION_SLICES = [name for name in AUGMENTATIONS if name != "resample"] + ["jpeg", "jpeg"]
 
 
 @dataclass(frozen=True)
 class AugmentOptions:
     jpeg_stand_in: str = "approximation"  # a JPEG_STAND_INS name
     strongest_crop: float = AUGMENTATIONS["center_crop"][1]  # kept fraction of the side
+    resample: bool = False  # one more slice: the residual method's enlarge-and-shrink, then a crop
+
+    def slices(self):
+        return AUGMENTATION_SLICES + (["resample"] if self.resample else [])
 
 
 def augment(images, ramp, generator, options=AugmentOptions()):
@@ -216,7 +231,8 @@ def augment(images, ramp, generator, options=AugmentOptions()):
     backward pass."""
     if ramp <= 0:
         return images
-    names = [AUGMENTATION_SLICES[i] for i in torch.randperm(len(AUGMENTATION_SLICES), generator=generator)]
+    kinds = options.slices()
+    names = [kinds[i] for i in torch.randperm(len(kinds), generator=generator)]
     slices = images.tensor_split(len(names))  # sizes differ by at most 1; empty in batches under 7
     return torch.cat([augment_slice(part, name, ramp, generator, options)
                       for part, name in zip(slices, names) if len(part)])
@@ -238,4 +254,8 @@ def augment_slice(images, name, ramp, generator, options=AugmentOptions()):
         return jpeg_with_gradient(images, round(strength), options.jpeg_stand_in)
     if name == "gaussian_noise":
         return gaussian_noise(images, strength, generator)
+    if name == "resample":
+        # A crop of the large image comes on top of the resampling as often as not.
+        crop = 1 - (1 - options.strongest_crop) * ramp * float(torch.rand((), generator=generator))
+        return center_crop(resample(images, strength), crop)
     return center_crop(images, strength)

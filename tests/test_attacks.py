@@ -10,6 +10,7 @@ import torch
 import attacks
 from fingerprinting import attack_suite, forgery, modulation
 from fingerprinting.api import Fingerprinter
+from fingerprinting.bits import bit_accuracy
 
 
 def test_averaging_estimate_recovers_a_planted_additive_pattern():
@@ -119,3 +120,41 @@ def test_attacks_refuses_bad_sizes(capsys):
     with pytest.raises(SystemExit):
         attacks.parse_args(["--output_dir", "x", "--model", "cifar10_32", "--sizes", "ten"])
     assert "--sizes" in capsys.readouterr().err
+
+
+def sample_batch(count, size=32, seed=0):
+    from fingerprinting import data
+    from fingerprinting.sample_images import sample_crops
+
+    return torch.stack([data.pil_to_uint8(crop) for crop in sample_crops(count, size, seed)])
+
+
+def test_pgd_with_a_large_budget_reaches_its_target_string():
+    from fingerprinting import data, removal
+
+    fp = Fingerprinter.load("cifar10_32")
+    images = data.to_float(sample_batch(8))
+    target = torch.randint(0, 2, (8, 100), generator=torch.Generator().manual_seed(5)).float()
+    before = bit_accuracy(fp.read_bits(images), target).mean()
+    adversarial = removal.pgd(removal.towards_bits(fp.logits, target), images, 16 / 255, steps=40)
+    assert (adversarial - images).abs().max() <= 16.5 / 255
+    assert before < 0.7 and bit_accuracy(fp.read_bits(adversarial), target).mean() > 0.95
+
+
+def test_the_regeneration_networks_learn_from_clean_images():
+    from fingerprinting import removal
+
+    images = sample_batch(16, size=16)
+    for train in (lambda: removal.train_autoencoder(images, 8, 40), lambda: removal.train_denoiser(images, 40)):
+        _, losses = train()
+        assert sum(losses[-5:]) < 0.6 * sum(losses[:5])
+
+
+def test_an_inverted_fingerprint_is_flagged_as_tampered():
+    fp = Fingerprinter.load("cifar10_32_robust")
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.25
+    fingerprint = torch.randint(0, 2, (100,), generator=torch.Generator().manual_seed(1))
+    marked = fp.embed(images, 1 - fingerprint)
+    result = fp.detect(marked, fingerprint=fingerprint)
+    assert result.tampered.all() and not result.detected.any()
+    assert not fp.detect(images, fingerprint=fingerprint).tampered.any()

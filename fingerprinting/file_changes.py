@@ -1,0 +1,202 @@
+"""Robustness as a user meets it: embed with the folder pipeline, change the
+saved files with Pillow, detect with the folder pipeline.
+
+For every file change, the fingerprinted files are rewritten into a folder
+of their own (JPEG and WebP changes as .jpg/.webp files) and decoded against
+the embedding record: mean bit accuracy and the share detected at the FPR.
+The clean inputs are decoded too: the share "detected" there is the
+measured false-positive rate. PSNR and SSIM compare each saved file with
+its input at the size it was saved (with --keep_size, the input's own).
+"""
+
+import os
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter
+from tqdm import tqdm
+
+from fingerprinting import data, detection, embedding, evaluation
+
+
+def blur_sigma(kernel_size):
+    """The sigma torchvision (and OpenCV) give a Gaussian kernel of this size."""
+    return 0.3 * ((kernel_size - 1) * 0.5 - 1) + 0.8
+
+
+def saved_as(image_format, quality=None):
+    return lambda image: (image, dict(format=image_format, **({"quality": quality} if quality else {})))
+
+
+def jpeg(quality):
+    return saved_as("JPEG", quality)
+
+
+def png(change):
+    return lambda image: (change(image), dict(format="PNG"))
+
+
+def center_crop(fraction):
+    """The central `fraction` of each side, resized back (Pillow's default filter)."""
+    def crop(image):
+        width, height = image.size
+        kept_w, kept_h = round(width * fraction), round(height * fraction)
+        left, top = (width - kept_w) // 2, (height - kept_h) // 2
+        return image.crop((left, top, left + kept_w, top + kept_h)).resize((width, height))
+    return crop
+
+
+def gaussian_noise(std, seed=0):
+    generator = np.random.default_rng(seed)
+
+    def noisy(image):
+        pixels = np.asarray(image, dtype=np.float64) + generator.normal(0, std * 255, (image.height, image.width, 3))
+        return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+    return noisy
+
+
+def jpeg_in_memory(quality):
+    """A JPEG save and reload inside a chain of edits."""
+    def roundtrip(image):
+        import io
+
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=quality)
+        return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    return roundtrip
+
+
+def then(*steps):
+    """Edits in order; the last one saves (returns the image and the save options)."""
+    def chain(image):
+        for step in steps[:-1]:
+            image = step(image)
+        return steps[-1](image)
+    return chain
+
+
+def resize(scale):
+    return lambda image: image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+
+
+def brightness(factor):
+    return lambda image: ImageEnhance.Brightness(image).enhance(factor)
+
+
+def rotation(degrees):
+    return lambda image: image.rotate(degrees, resample=Image.BILINEAR)
+
+
+# name: image -> (changed image, Pillow save options). At the model's size:
+FILE_CHANGES = {
+    "png (unchanged)": png(lambda image: image),
+    "jpeg 95": jpeg(95),
+    "jpeg 75": jpeg(75),
+    "jpeg 50": jpeg(50),
+    "blur kernel 5": png(lambda image: image.filter(ImageFilter.GaussianBlur(blur_sigma(5)))),
+    "blur radius 2": png(lambda image: image.filter(ImageFilter.GaussianBlur(2))),  # a stronger reading of "kernel 5"
+    "noise std 0.05": png(gaussian_noise(0.05)),
+    "crop 3/4": png(center_crop(0.75)),
+    "crop 0.67": png(center_crop(0.67)),
+    "crop 3/4 + jpeg 75": then(center_crop(0.75), jpeg(75)),
+    "resize 1/2 + jpeg 75": then(resize(0.5), jpeg(75)),
+}
+# At the images' own size (--keep_size): what happens to a large photo online.
+NATIVE_FILE_CHANGES = {
+    "png (unchanged)": png(lambda image: image),
+    "jpeg 95": jpeg(95),
+    "jpeg 75": jpeg(75),
+    "jpeg 50": jpeg(50),
+    "webp 80": saved_as("WEBP", 80),
+    "downscale 1/2 + jpeg 75": then(resize(0.5), jpeg(75)),
+    "downscale 1/4 + jpeg 75": then(resize(0.25), jpeg(75)),
+    "downscale 1/8 + jpeg 75": then(resize(0.125), jpeg(75)),
+    "crop 3/4": png(center_crop(0.75)),
+    "crop 3/4 + jpeg 75": then(center_crop(0.75), jpeg(75)),
+    "crop 1/2": png(center_crop(0.5)),
+    "crop 1/2 + jpeg 75": then(center_crop(0.5), jpeg(75)),
+    "rotation 5°": png(rotation(5)),
+    # VideoSeal's and OmniSealBench's combined attack.
+    "combined: jpeg 80, crop 0.71, brightness 0.5": then(jpeg_in_memory(80), center_crop(0.71), brightness(0.5),
+                                                         png(lambda image: image)),
+}
+EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}
+
+
+def change_files(source_dir, target_dir, change):
+    os.makedirs(target_dir, exist_ok=True)
+    for name in sorted(os.listdir(source_dir)):
+        with Image.open(os.path.join(source_dir, name)) as opened:
+            image, options = change(opened.convert("RGB"))
+        image.save(os.path.join(target_dir, os.path.splitext(name)[0] + EXTENSIONS[options["format"]]), **options)
+
+
+def ssim_of_files(inputs, outputs, names):
+    """Mean SSIM of each output file against its input (names: input path -> output name), at the output's size."""
+    values = []
+    for path, name in names:
+        original = data.to_float(data.pil_to_uint8(data.load_rgb(os.path.join(inputs, path))))
+        saved = data.to_float(data.pil_to_uint8(data.load_rgb(os.path.join(outputs, name))))
+        if original.shape == saved.shape:
+            values.append(evaluation.ssim(saved.unsqueeze(0), original.unsqueeze(0)).item())
+    return float(np.mean(values)) if values else None
+
+
+def measure(settings):
+    """Embed, change the files, detect: a report dict. `settings`: model
+    (or encoder_path/decoder_path), data_dir, output_dir, keep_size,
+    strength, center_crop, recursive, fpr, seed, cuda."""
+    out = lambda *parts: os.path.join(settings.output_dir, *parts)  # noqa: E731
+    input_flags = input_arguments(settings)
+    embedded = embedding.embed_folder(embedding.parse_args([
+        *encoder_arguments(settings), "--data_dir", settings.data_dir, "--output_dir", out("embedded"),
+        "--cuda", str(settings.cuda), "--seed", str(settings.seed), "--strength", str(settings.strength),
+        *input_flags]))
+    record, saved = out("embedded", "embedded_fingerprints.txt"), out("embedded", "fingerprinted_images")
+    ssim = None
+    if settings.keep_size:
+        paths = data.list_images(settings.data_dir, settings.recursive)
+        ssim = ssim_of_files(settings.data_dir, saved, zip(paths, data.output_names(paths)))
+    # The clean inputs are prepared as for embedding; the fingerprinted files already are.
+    clean = detect(settings, settings.data_dir, out("clean"), record, *input_flags)
+    rows = [dict(change="clean inputs (false positives)", **scores(clean))]
+    changes = NATIVE_FILE_CHANGES if settings.keep_size else FILE_CHANGES
+    for name, change in tqdm(changes.items(), desc="file changes", unit="change"):
+        folder = out("changed", name.replace(" ", "_").replace("/", "-").replace(":", "").replace(",", ""))
+        change_files(saved, folder, change)
+        rows.append(dict(change=name, **scores(detect(settings, folder, folder + "_detected", record,
+                                                      *(["--keep_size"] if settings.keep_size else [])))))
+    return dict(psnr=embedded["psnr"], ssim=ssim, images=embedded["processed"], keep_size=settings.keep_size,
+                strength=settings.strength, rows=rows)
+
+
+def detect(settings, folder, output_dir, record, *extra):
+    return detection.detect_folder(detection.parse_args([
+        *decoder_arguments(settings), "--data_dir", folder, "--output_dir", output_dir, "--embedded_fingerprints",
+        record, "--fpr", str(settings.fpr), "--cuda", str(settings.cuda), *extra]))
+
+
+def encoder_arguments(settings):
+    return ["--model", settings.model] if settings.model else ["--encoder_path", settings.encoder_path]
+
+
+def decoder_arguments(settings):
+    return ["--model", settings.model] if settings.model else ["--decoder_path", settings.decoder_path]
+
+
+def input_arguments(settings):
+    return [*(["--center_crop", str(settings.center_crop)] if settings.center_crop else []),
+            *(["--recursive"] if settings.recursive else []), *(["--keep_size"] if settings.keep_size else [])]
+
+
+def scores(summary):
+    return dict(bit_accuracy=summary["bit_accuracy"], detected=summary["detected_rate"], images=summary["scored"])
+
+
+def table(report):
+    quality = f"PSNR {report['psnr']:.2f} dB" + (f", SSIM {report['ssim']:.4f}" if report.get("ssim") else "")
+    size = "at their own size (--keep_size)" if report["keep_size"] else "at the model's size"
+    lines = [f"{report['images']} images {size}, strength {report['strength']:g}, {quality}", "",
+             "| file change | bit accuracy | detected |", "|---|---|---|"]
+    lines += [f"| {row['change']} | {row['bit_accuracy']:.4f} | {row['detected']:.4f} |" for row in report["rows"]]
+    return "\n".join(lines)
+

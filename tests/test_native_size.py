@@ -1,0 +1,87 @@
+"""Images at their own size (--keep_size), sizes beyond the model's, output
+formats, and the published README's commands."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_api import mixed_folder  # noqa: F401  (a fixture)
+
+from fingerprinting import resizing
+from fingerprinting.records import read_fingerprint_file
+
+from test_pipeline import detect, embed
+
+CELEBA = [os.path.join("saved_models", f"celeba_64_robust_{part}.pth") for part in ("encoder", "decoder")]
+
+
+def test_keep_size_returns_every_size_it_was_given_and_reads_it_back(tmp_path, mixed_folder):  # noqa: F811
+    summary = embed(mixed_folder, tmp_path / "out", CELEBA[0], "--keep_size", "--batch_size", "4")
+    names = sorted(os.listdir(mixed_folder))
+    for name in names:
+        original = Image.open(mixed_folder / name)
+        saved = Image.open(tmp_path / "out" / "fingerprinted_images" / name)
+        assert saved.size == original.size
+    assert summary["psnr"] > 30
+    detected = detect(tmp_path / "out" / "fingerprinted_images", tmp_path / "det", CELEBA[1], "--keep_size",
+                      "--embedded_fingerprints", str(tmp_path / "out" / "embedded_fingerprints.txt"))
+    assert detected["bit_accuracy"] > 0.95 and detected["upscaled"] == 3  # 60x60 box, 40x40, 20x28 < 64
+    with open(tmp_path / "det" / "bit_accuracy.csv", encoding="utf-8") as file:
+        rows = {row["image"]: row for row in csv.DictReader(file)}
+    assert rows["photo_5.png"]["upscaled"] == "1" and rows["photo_0.png"]["upscaled"] == "0"
+
+
+def test_an_elongated_image_carries_the_fingerprint_in_its_centred_square_only(tmp_path, mixed_folder):  # noqa: F811
+    embed(mixed_folder, tmp_path / "out", CELEBA[0], "--keep_size")
+    original = np.asarray(Image.open(mixed_folder / "photo_3.png").convert("RGB"), dtype=int)  # 200 x 60
+    saved = np.asarray(Image.open(tmp_path / "out" / "fingerprinted_images" / "photo_3.png"), dtype=int)
+    top, left, height, width = resizing.fingerprinted_box(*original.shape[:2])
+    assert (height, width) == (60, 60) and left == 70
+    changed = np.abs(saved - original).sum(2) > 0
+    assert changed[:, left:left + width].mean() > 0.5
+    assert not changed[:, :left].any() and not changed[:, left + width:].any()
+
+
+@pytest.mark.parametrize("image_format, extension", [("jpeg", ".jpg"), ("webp", ".webp")])
+def test_other_output_formats_keep_their_own_extension_in_files_and_record(tmp_path, mixed_folder,  # noqa: F811
+                                                                           image_format, extension):
+    sizes = {}
+    for quality in ("60", "95"):
+        out = tmp_path / quality
+        embed(mixed_folder, out, CELEBA[0], "--keep_size", "--output_format", image_format, "--quality", quality)
+        files = sorted(os.listdir(out / "fingerprinted_images"))
+        assert files and all(name.endswith(extension) for name in files)
+        assert list(read_fingerprint_file(out / "embedded_fingerprints.txt")) == files
+        sizes[quality] = sum(os.path.getsize(out / "fingerprinted_images" / name) for name in files)
+    assert sizes["60"] < sizes["95"]
+    detected = detect(tmp_path / "95" / "fingerprinted_images", tmp_path / "det", CELEBA[1], "--keep_size",
+                      "--embedded_fingerprints", str(tmp_path / "95" / "embedded_fingerprints.txt"))
+    assert detected["scored"] == len(files) and detected["bit_accuracy"] > 0.9
+
+
+def test_the_papers_celeba_command_runs_with_a_64_px_model(tmp_path, sample_folder):
+    """--use_celeba_preprocessing (128 px) with a 64 px model: the residual method."""
+    summary = embed(sample_folder, tmp_path / "out", CELEBA[0], "--use_celeba_preprocessing",
+                    "--identical_fingerprints", "--fingerprint_size", "100")
+    names = os.listdir(tmp_path / "out" / "fingerprinted_images")
+    assert {Image.open(tmp_path / "out" / "fingerprinted_images" / name).size for name in names} == {(128, 128)}
+    assert summary["psnr"] > 30
+    detected = detect(tmp_path / "out" / "fingerprinted_images", tmp_path / "det", CELEBA[1],
+                      "--image_resolution", "128", "--fingerprint_size", "100",
+                      "--embedded_fingerprints", str(tmp_path / "out" / "embedded_fingerprints.txt"))
+    assert detected["bit_accuracy"] > 0.97 and detected["detected_rate"] == 1
+
+
+def test_strength_trades_psnr_for_signal(tmp_path, mixed_folder):  # noqa: F811
+    weak = embed(mixed_folder, tmp_path / "weak", CELEBA[0], "--keep_size", "--strength", "0.5")
+    full = embed(mixed_folder, tmp_path / "full", CELEBA[0], "--keep_size")
+    assert weak["psnr"] > full["psnr"] + 4  # half the residual: about 6 dB
+
+
+def test_the_published_readmes_celeba_pair_is_shipped_as_celeba_64_robust():
+    for part in ("encoder.pth", "decoder.pth", "config.json"):
+        with open(os.path.join("saved_models", f"celeba_{part}"), "rb") as shipped, \
+                open(os.path.join("saved_models", f"celeba_64_robust_{part}"), "rb") as robust:
+            assert shipped.read() == robust.read()
