@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fingerprinting import data, evaluation, file_changes, perturbations
+from fingerprinting import Fingerprinter, data, evaluation, file_changes, perturbations
 from fingerprinting.bits import (
     binomial_p_value,
     bit_accuracy,
@@ -73,6 +73,7 @@ def parse_args(argv=None):
 
 
 def load_pair(args, device):
+    """The pair as a Fingerprinter, and the resolution images are prepared at."""
     decoder, config = load_decoder(args.decoder_path, args.image_resolution)
     resolution = args.image_resolution or decoder.resolution
     encoder, _ = load_encoder(args.encoder_path, resolution)
@@ -80,7 +81,7 @@ def load_pair(args, device):
         raise UserError(f"encoder writes {encoder.fingerprint_size} bits, decoder reads {decoder.fingerprint_size}")
     if load_model_config(args.encoder_path) != config:
         raise UserError("encoder and decoder come from different runs (their _config.json differ)")
-    return encoder.to(device), decoder.to(device), config, resolution
+    return Fingerprinter(encoder, decoder, config, device), resolution
 
 
 def load_images(args, resolution):
@@ -95,18 +96,11 @@ def load_images(args, resolution):
     return names, torch.cat([images for _, images in batches])
 
 
-def fingerprint_all(models, clean, seed, batch_size, device):
+def fingerprint_all(fingerprinter, clean, seed, batch_size):
     """(fingerprints n L uint8, fingerprinted uint8 images n c h w)."""
-    encoder, _, config = models
-    fingerprints = torch.from_numpy(np.stack([fingerprint_for(i, encoder.fingerprint_size, seed)
+    fingerprints = torch.from_numpy(np.stack([fingerprint_for(i, fingerprinter.fingerprint_length, seed)
                                               for i in range(len(clean))]))
-    return fingerprints, evaluation.fingerprinted_images(encoder, config, fingerprints, clean, device, batch_size)
-
-
-def decode_all(models, images, batch_size, device, perturb=None):
-    """Decoded bits (n L) of uint8 images, optionally perturbed first."""
-    _, decoder, config = models
-    return evaluation.decoded_bits(decoder, config, images, device, batch_size, perturb)
+    return fingerprints, evaluation.fingerprinted_images(fingerprinter, fingerprints, clean, batch_size)
 
 
 def detection_metrics(detected, clean_detected, fingerprints, fpr):
@@ -126,7 +120,7 @@ def detection_metrics(detected, clean_detected, fingerprints, fpr):
     return result
 
 
-def robustness_sweep(models, fingerprinted, fingerprints, batch_size, device):
+def robustness_sweep(fingerprinter, fingerprinted, fingerprints, batch_size):
     """Rows (perturbation, strength, bit accuracy) over every perturbation's range."""
     rows = []
     for name, (_, strengths, _) in tqdm(perturbations.PERTURBATIONS.items(), desc="robustness", unit="attack"):
@@ -134,7 +128,7 @@ def robustness_sweep(models, fingerprinted, fingerprints, batch_size, device):
             generator = torch.Generator().manual_seed(0)
             perturb = ((lambda x: perturbations.gaussian_noise(x, strength, generator)) if name == "gaussian_noise"
                        else (lambda x, n=name, s=strength: perturbations.apply(n, x, s)))
-            detected = decode_all(models, fingerprinted, batch_size, device, perturb)
+            detected = evaluation.decoded_bits(fingerprinter, fingerprinted, batch_size, perturb)
             rows.append(dict(perturbation=name, strength=strength,
                              bit_accuracy=bit_accuracy(detected, fingerprints).mean().item()))
     return rows
@@ -224,12 +218,11 @@ def evaluate(args):
     if args.keep_size:
         return evaluate_native(args)
     device = select_device(args.cuda)
-    encoder, decoder, config, resolution = load_pair(args, device)
-    models = (encoder, decoder, config)
+    fingerprinter, resolution = load_pair(args, device)
     names, clean = load_images(args, resolution)
-    fingerprints, fingerprinted = fingerprint_all(models, clean, args.seed, args.batch_size, device)
-    detected = decode_all(models, fingerprinted, args.batch_size, device)
-    clean_detected = decode_all(models, clean, args.batch_size, device)
+    fingerprints, fingerprinted = fingerprint_all(fingerprinter, clean, args.seed, args.batch_size)
+    detected = evaluation.decoded_bits(fingerprinter, fingerprinted, args.batch_size)
+    clean_detected = evaluation.decoded_bits(fingerprinter, clean, args.batch_size)
     accuracies = bit_accuracy(detected, fingerprints)
     psnrs = evaluation.psnr(data.to_float(fingerprinted), data.to_float(clean))
     ssims = evaluation.ssim(data.to_float(fingerprinted), data.to_float(clean))
@@ -237,7 +230,7 @@ def evaluate(args):
     write_csv([dict(image=name, bit_accuracy=float(a), psnr=float(p), ssim=float(s))
                for name, a, p, s in zip(names, accuracies, psnrs, ssims)],
               os.path.join(args.output_dir, "per_image.csv"))
-    report = dict(images=len(names), resolution=resolution, fingerprint_length=encoder.fingerprint_size,
+    report = dict(images=len(names), resolution=resolution, fingerprint_length=fingerprinter.fingerprint_length,
                   bit_accuracy=accuracies.mean().item(), psnr=psnrs.mean().item(), ssim=ssims.mean().item(),
                   detection=detection_metrics(detected, clean_detected, fingerprints, args.fpr), fpr=args.fpr)
     if args.fid:
@@ -245,7 +238,7 @@ def evaluate(args):
         features = [evaluation.image_features(network, images, device) for images in (fingerprinted, clean)]
         report["fid_fingerprinted_vs_clean"] = evaluation.frechet_distance(*features)
     if not args.skip_robustness:
-        rows = robustness_sweep(models, fingerprinted, fingerprints, args.batch_size, device)
+        rows = robustness_sweep(fingerprinter, fingerprinted, fingerprints, args.batch_size)
         write_csv(rows, os.path.join(args.output_dir, "robustness.csv"))
         plot_robustness(rows, os.path.join(args.output_dir, "robustness.png"))
         report["robustness"] = rows

@@ -36,9 +36,8 @@ import time
 
 import torch
 
-from fingerprinting import data, evaluation, folders, generators, steganalysis, training
+from fingerprinting import Fingerprinter, data, evaluation, folders, generators, steganalysis, training
 from fingerprinting.bits import bit_accuracy, fingerprint_for
-from fingerprinting.checkpoints import load_decoder, load_encoder
 from fingerprinting.devices import select_device
 from fingerprinting.errors import UserError
 from fingerprinting.records import write_json
@@ -123,15 +122,14 @@ class Embedder:
     """Fingerprints uint8 images with one encoder: the given bits, or fresh random bits per image."""
 
     def __init__(self, encoder_path, resolution, device, seed):
-        self.encoder, self.config = load_encoder(encoder_path, resolution)
-        self.encoder = self.encoder.eval().to(device)
+        self.fingerprinter = Fingerprinter.from_paths(encoder_path, None, device, resolution=resolution)
         self.device = device
         self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, images, bits=None):
-        shape = (len(images), self.encoder.fingerprint_size)
+        shape = (len(images), self.fingerprinter.fingerprint_length)
         bits = bits.expand(shape) if bits is not None else torch.randint(0, 2, shape, generator=self.generator)
-        return evaluation.fingerprinted_images(self.encoder, self.config, bits, images, self.device, BATCH)
+        return evaluation.fingerprinted_images(self.fingerprinter, bits, images, BATCH)
 
 
 def attacker_training_argv(args, attacker_dir, workdir, resolution, length):
@@ -172,9 +170,9 @@ def generated_test_set(transferability_dir, count, seed, device):
     return images, labels, fingerprint, samplers[0][1]
 
 
-def victim_bit_accuracy(decoder, config, images, fingerprint, device):
+def victim_bit_accuracy(detector, images, fingerprint):
     """How well the victim's own decoder reads its fingerprint (is it really there?)."""
-    bits = evaluation.decoded_bits(decoder, config, images, device, BATCH)
+    bits = evaluation.decoded_bits(detector, images, BATCH)
     return bit_accuracy(bits, fingerprint.expand_as(bits)).mean().item()
 
 
@@ -203,9 +201,8 @@ def run(args):
     started = time.time()
     device = select_device(args.cuda)
     os.makedirs(args.output_dir, exist_ok=True)
-    decoder, config = load_decoder(args.decoder_path)
-    decoder = decoder.eval().to(device)
-    resolution, length = decoder.resolution, decoder.fingerprint_size
+    detector = Fingerprinter.from_paths(None, args.decoder_path, device)
+    resolution, length = detector.resolution, detector.fingerprint_length
     test_images, train_images, attacker_dir = split_real_images(args, args.output_dir, resolution)
     victim = Embedder(args.encoder_path, resolution, device, args.seed)
     attacker_path, attacker_made = train_attacker_encoder(args, attacker_dir, args.output_dir, resolution, length)
@@ -223,8 +220,8 @@ def run(args):
     results = {}
     for name, (images, labels, fingerprint) in test_sets.items():
         results[name] = attack(images, labels, attacker, detectors, args.seed)
-        results[name]["victim_decoder_bit_accuracy"] = victim_bit_accuracy(decoder, config, images[labels == 1],
-                                                                           fingerprint, device)
+        results[name]["victim_decoder_bit_accuracy"] = victim_bit_accuracy(detector, images[labels == 1],
+                                                                           fingerprint)
     report = dict(model=args.model or args.encoder_path, resolution=resolution, fingerprint_length=length,
                   num_images=args.num_images, num_train=args.num_train, detector_steps=args.detector_steps,
                   detectors_on_own_encoder=own_encoder,

@@ -36,9 +36,8 @@ import time
 
 import torch
 
-from fingerprinting import data, embedding, evaluation, folders, perturbations
+from fingerprinting import Fingerprinter, data, embedding, evaluation, folders, perturbations
 from fingerprinting.bits import bit_accuracy, matching_bits, min_matching_bits
-from fingerprinting.checkpoints import load_decoder
 from fingerprinting.devices import select_device
 from fingerprinting.generators import gan
 from fingerprinting.records import read_fingerprint_file
@@ -138,11 +137,11 @@ def generate(args, generator, num_images, seed, device):
     return diffusion.generate(generator, num_images, seed, args.sampling_steps, device=device)
 
 
-def sample_probe(args, decoder, config, fingerprint, threshold, device):
+def sample_probe(args, detector, fingerprint, threshold, device):
     """probe(model, step) for diffusion.train_ddpm: bit accuracy of fresh samples."""
     def probe(model, step):
-        return score(decoder, config, generate(args, model, args.probe_images, args.seed + 5, device),
-                     fingerprint, threshold, device)
+        return score(detector, generate(args, model, args.probe_images, args.seed + 5, device),
+                     fingerprint, threshold)
     return probe
 
 
@@ -158,10 +157,10 @@ def along_training(output_dir):
     return list({row["step"]: row for row in rows}.values())  # a resumed run logs a step once more
 
 
-def score(decoder, config, images, fingerprint, threshold, device, perturb=None):
+def score(detector, images, fingerprint, threshold, perturb=None):
     if perturb is not None:
         images = data.to_uint8(perturb(data.to_float(images)))
-    detected = evaluation.decoded_bits(decoder, config, images, device)
+    detected = evaluation.decoded_bits(detector, images)
     matches = matching_bits(detected, fingerprint)
     return dict(bit_accuracy=bit_accuracy(detected, fingerprint.expand_as(detected)).mean().item(),
                 detected_rate=(matches >= threshold).float().mean().item())
@@ -173,14 +172,14 @@ def fid_against(real_features, network, images, device):
     return evaluation.frechet_distance(evaluation.image_features(network, images, device), real_features)
 
 
-def image_robustness(images, decoder, config, fingerprint, threshold, device):
+def image_robustness(images, detector, fingerprint, threshold):
     """Generated images under every image perturbation, at every strength."""
     rows = []
     for name, (_, strengths, _) in perturbations.PERTURBATIONS.items():
         for strength in strengths:
             perturb = lambda x, n=name, s=strength: perturbations.apply(n, x, s)  # noqa: E731
             rows.append(dict(perturbation=name, strength=strength,
-                             **score(decoder, config, images, fingerprint, threshold, device, perturb)))
+                             **score(detector, images, fingerprint, threshold, perturb)))
     return rows
 
 
@@ -197,7 +196,7 @@ def perturbed(generator, decimals=None, noise_std=0.0, seed=0):
     return copy_
 
 
-def model_robustness(args, generator, decoder, config, fingerprint, threshold, device, fid):
+def model_robustness(args, generator, detector, fingerprint, threshold, device, fid):
     rows = []
     settings = ([("quantisation", d, dict(decimals=d)) for d in QUANTISATION_DECIMALS]
                 + [("weight_noise", s, dict(noise_std=s)) for s in WEIGHT_NOISE_STDS])
@@ -205,7 +204,7 @@ def model_robustness(args, generator, decoder, config, fingerprint, threshold, d
         images = gan.generate(perturbed(generator, seed=args.seed, **change), args.num_generated, args.seed + 1,
                               device=device)
         row = dict(perturbation=kind, strength="none" if strength is None else strength,
-                   **score(decoder, config, images, fingerprint, threshold, device))
+                   **score(detector, images, fingerprint, threshold))
         row["fid"] = fid(images)
         rows.append(row)
     return rows
@@ -239,14 +238,13 @@ def run(args):
                                                     count=64 if args.smoke else 1024, size=64)
     if args.smoke and not args.encoder_path:
         smoke_models(args)
-    decoder, config = load_decoder(args.decoder_path)
-    decoder = decoder.to(device)
-    resolution = decoder.resolution
-    length = decoder.fingerprint_size
+    detector = Fingerprinter.from_paths(None, args.decoder_path, device)
+    resolution = detector.resolution
+    length = detector.fingerprint_length
     threshold = min_matching_bits(length, args.fpr)
 
     fingerprinted_dir, fingerprint = embed_identical(args, data_dir, "fingerprinted_data", args.seed)
-    probe = sample_probe(args, decoder, config, fingerprint, threshold, device) if args.generator == "ddpm" else None
+    probe = sample_probe(args, detector, fingerprint, threshold, device) if args.generator == "ddpm" else None
     run_names = {"clean": f"{args.generator}_clean", "fingerprinted": f"{args.generator}_fingerprinted"}
     generators = {name: train(args, folder, run_names[name], args.gan_steps, resolution, probe)
                   for name, folder in (("fingerprinted", fingerprinted_dir), ("clean", data_dir))}
@@ -261,15 +259,15 @@ def run(args):
     for name, generator in generators.items():
         generated[name] = images = generate(args, generator, args.num_generated, args.seed + 1, device)
         data.save_numbered_pngs(images[:64], os.path.join(args.output_dir, f"generated_{name}"))
-        table[name] = dict(**score(decoder, config, images, fingerprint, threshold, device), fid=fid(images))
+        table[name] = dict(**score(detector, images, fingerprint, threshold), fid=fid(images))
     report = dict(generator=args.generator, fingerprint_length=length, fpr=args.fpr, min_matching_bits=threshold,
                   gan_steps=args.gan_steps, num_generated=args.num_generated, table=table,
-                  image_robustness=image_robustness(generated["fingerprinted"], decoder, config, fingerprint,
-                                                    threshold, device))
+                  image_robustness=image_robustness(generated["fingerprinted"], detector, fingerprint,
+                                                    threshold))
     if args.generator == "gan":
-        report["model_robustness"] = model_robustness(args, generators["fingerprinted"], decoder, config, fingerprint,
+        report["model_robustness"] = model_robustness(args, generators["fingerprinted"], detector, fingerprint,
                                                       threshold, device, fid if args.fid else (lambda images: None))
-        report["attribution"] = attribute_sources(args, data_dir, decoder, config, device, fingerprinted_dir,
+        report["attribution"] = attribute_sources(args, data_dir, detector, device, fingerprinted_dir,
                                                   fingerprint, generators, resolution)
     else:
         report["sampling_steps"] = args.sampling_steps
@@ -280,7 +278,7 @@ def run(args):
     return report
 
 
-def attribute_sources(args, data_dir, decoder, config, device, fingerprinted_dir, fingerprint, generators, resolution):
+def attribute_sources(args, data_dir, detector, device, fingerprinted_dir, fingerprint, generators, resolution):
     """K fingerprinted GANs (the main one plus K-1 more) and the clean GAN:
     closed-world (sources only) and open-world (clean GAN must be 'unknown')."""
     sources = {"source_0": (generators["fingerprinted"], fingerprint)}
@@ -291,8 +289,8 @@ def attribute_sources(args, data_dir, decoder, config, device, fingerprinted_dir
     registry = torch.stack([bits for _, bits in sources.values()])
     truth, attributed = [], []
     for name, (generator, _) in [*sources.items(), ("unknown", (generators["clean"], None))]:
-        detected = evaluation.decoded_bits(decoder, config, gan.generate(generator, args.num_generated, args.seed + 2,
-                                                              device=device), device)
+        detected = evaluation.decoded_bits(detector, gan.generate(generator, args.num_generated, args.seed + 2,
+                                                                  device=device))
         owners, _ = evaluation.attribute(detected, names, registry, args.fpr)
         attributed += owners
         truth += [name] * len(owners)

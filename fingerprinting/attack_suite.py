@@ -40,18 +40,11 @@ class Victim:
 
     def embed(self, images):
         """Fingerprinted uint8 images (n c r r) from clean uint8 ones, as the saved PNGs."""
-        out = []
-        for start in range(0, len(images), 256):
-            batch = data.to_float(images[start:start + 256]).to(self.fingerprinter.device)
-            bits = self.fingerprint.float().expand(len(batch), -1).to(batch.device)
-            out.append(data.to_uint8(torch.stack(list(self.fingerprinter.marked_images(batch, batch, bits)))).cpu())
-        return torch.cat(out)
+        return evaluation.fingerprinted_images(self.fingerprinter, self.fingerprint.expand(len(images), -1), images)
 
     def score(self, images):
         """(detected rate, mean bit accuracy, tampered rate) of float images (n c r r) against the fingerprint."""
-        with torch.inference_mode():
-            bits = torch.cat([self.fingerprinter.read_bits(images[start:start + 256].to(self.fingerprinter.device))
-                              for start in range(0, len(images), 256)]).cpu()
+        bits = evaluation.decoded_bits(self.fingerprinter, data.to_uint8(images))
         expected = self.fingerprint.expand_as(bits)
         detection = self.fingerprinter.score(bits, expected, self.fpr)
         return (detection.detected.float().mean().item(), bit_accuracy(bits, expected).mean().item(),

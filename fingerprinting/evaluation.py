@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from fingerprinting import data
-from fingerprinting.bits import bits_from_logits, detection_threshold
-from fingerprinting.checkpoints import decode, encode
+from fingerprinting.bits import detection_threshold
 from fingerprinting.errors import UserError
 
 UNKNOWN = "unknown"
@@ -22,20 +21,25 @@ UNKNOWN = "unknown"
 # --- detection ------------------------------------------------------------
 
 @torch.no_grad()
-def fingerprinted_images(encoder, config, bits, images, device="cpu", batch_size=256):
-    """uint8 images (n c h w) with `bits` (n L, 0/1) embedded, batch by batch."""
-    return torch.cat([data.to_uint8(encode(encoder, config, bits[start:start + batch_size].float().to(device),
-                                           data.to_float(images[start:start + batch_size]).to(device))).cpu()
-                      for start in range(0, len(images), batch_size)])
+def fingerprinted_images(fingerprinter, bits, images, batch_size=256):
+    """uint8 images (n c r r, the model's size) with `bits` (n L, 0/1) embedded by
+    a Fingerprinter, batch by batch: the 8-bit pixels a saved PNG holds."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = data.to_float(images[start:start + batch_size]).to(fingerprinter.device)
+        out.append(data.to_uint8(fingerprinter.encode(batch, bits[start:start + batch_size].float().to(batch.device)))
+                   .cpu())
+    return torch.cat(out)
 
 
 @torch.no_grad()
-def decoded_bits(decoder, config, images, device="cpu", batch_size=256, perturb=None):
-    """Bits (n L) read from uint8 images (n c h w); `perturb` changes each float batch first."""
+def decoded_bits(fingerprinter, images, batch_size=256, perturb=None):
+    """Bits (n L) a Fingerprinter reads from uint8 images (n c r r); `perturb`
+    changes each float batch first."""
     out = []
     for start in range(0, len(images), batch_size):
-        batch = data.to_float(images[start:start + batch_size]).to(device)
-        out.append(bits_from_logits(decode(decoder, config, batch if perturb is None else perturb(batch))).cpu())
+        batch = data.to_float(images[start:start + batch_size]).to(fingerprinter.device)
+        out.append(fingerprinter.read_bits(batch if perturb is None else perturb(batch)).cpu())
     return torch.cat(out)
 
 

@@ -36,7 +36,7 @@ class AdditiveToy:
         self.device = torch.device("cpu")
         self.fingerprint_length = self.length
 
-    def marked_images(self, images, views, bits):
+    def encode(self, images, bits):
         signs = (bits * 2 - 1)[:, :, None, None, None]
         return (images + 0.025 * (signs * self.patterns).sum(1) / self.length ** 0.5).clamp(0, 1)
 

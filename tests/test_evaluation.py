@@ -163,8 +163,21 @@ def test_training_augmentation_gives_each_perturbation_its_slices(monkeypatch):
     record = lambda part, name, *_: applied.append((name, len(part))) or part  # noqa: E731
     monkeypatch.setattr(perturbations, "augment_slice", record)
     perturbations.augment(torch.rand(64, 3, 16, 16), 1.0, torch.Generator().manual_seed(0))
-    assert sorted(name for name, _ in applied) == sorted([*perturbations.AUGMENTATIONS, "jpeg", "jpeg"])
+    plain = ["none", "gaussian_noise", "gaussian_blur", "jpeg", "center_crop", "jpeg", "jpeg"]
+    assert sorted(name for name, _ in applied) == sorted(plain)
     assert sorted(size for _, size in applied) == [9, 9, 9, 9, 9, 9, 10]  # 64 images, 7 near-equal slices
+    applied.clear()  # --augment_resample: one more slice
+    perturbations.augment(torch.rand(64, 3, 16, 16), 1.0, torch.Generator().manual_seed(0),
+                          perturbations.AugmentOptions(resample=True))
+    assert sorted(name for name, _ in applied) == sorted([*plain, "resample"])
+
+
+def test_resampling_is_the_residual_methods_enlarge_and_shrink():
+    images = torch.rand(2, 3, 32, 32)
+    assert (perturbations.resample(images, 1.0) - images).abs().max() < 1e-5  # scale 1: nothing happens
+    smooth = perturbations.gaussian_blur(images, 9)
+    assert (perturbations.resample(smooth, 4.0) - smooth).abs().mean() < 0.02  # smooth images survive it
+    assert (perturbations.resample(images, 4.0) - images).abs().mean() > 0.03  # pixel noise does not
 
 
 def test_fid_command_between_two_folders(tmp_path, sample_folder):
