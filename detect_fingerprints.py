@@ -36,7 +36,9 @@ def main(args):
               + (f" ({summary['unmatched']} without an expected fingerprint)" if summary["unmatched"] else "")
               + f"; per image: {args.output_dir}/{ACCURACY_FILE}")
         print(f"detected as fingerprinted (>= {summary['min_matching_bits']} matching bits, FPR {args.fpr:g}): "
-              f"{summary['detected_rate']:.4f}")
+              f"{summary['detected_rate']:.4f}; tampered (<= {summary['max_tampered_matching_bits']} matching bits): "
+              f"{summary['tampered_rate']:.4f}" + (f"; {summary['upscaled']} image(s) smaller than the model, read "
+                                                    "upscaled" if summary["upscaled"] else ""))
     if "attribution" in summary:
         print("attribution: " + ", ".join(f"{owner} {count}" for owner, count in sorted(summary["attribution"].items()))
               + f"; per image: {args.output_dir}/{ATTRIBUTION_FILE}")

@@ -5,19 +5,24 @@
     marked = fp.embed(images, fingerprint)
     result = fp.detect(marked, fingerprint=fingerprint)
 
-The package's modules sit in layers; each imports only from layers below it
-(and from the top-level `models.py`, the networks):
+The package's modules sit in layers; each imports only from the layers
+below it (tests/test_layout.py checks), and from the top-level `models.py`
+(the networks, pure):
 
-1. errors, bits (bit strings, bit accuracy, the detection test), records
-   (atomic files, record lines), devices (CUDA, torchrun);
-2. checkpoints (safe loading, shipped pairs, what a pair's numbers mean);
-3. data (image files, preprocessing), resizing (any size through one model),
-   perturbations (image edits), evaluation (metrics), forgery (averaging and
-   copy attacks, the training defence against them);
-4. api (Fingerprinter), training, generators (the DCGAN and DDPM of the
-   transferability experiment), steganalysis;
-5. folders (the folder pipeline), embedding, detection, attack_suite: the
-   work behind the command-line scripts at the repository's top level.
+1. errors; bits (bit strings, bit accuracy, the detection test); modulation
+   (the content-keyed sign field); forgery (averaging and copy attacks, the
+   training defence against them); resizing (any size through one model);
+   sample_images (the built-in photographs);
+2. records (atomic files, record lines, torchrun parts); devices (CUDA, torchrun);
+3. checkpoints (safe loading, shipped pairs, what a pair's numbers mean); data
+   (image files, preprocessing, output formats);
+4. api (Fingerprinter); perturbations (image edits); evaluation (metrics);
+   steganalysis; folders (the folder pipeline); generators (the DCGAN and
+   DDPM of the transferability experiment);
+5. training; embedding and detection (the work behind the two scripts);
+   removal (regeneration, adversarial examples, overwriting);
+6. attack_suite (every attack, swept and scored); file_changes (robustness
+   through real files).
 """
 
 from fingerprinting.api import Detection, Fingerprinter

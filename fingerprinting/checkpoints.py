@@ -48,6 +48,7 @@ class ModelConfig:
     resolution: int = 0
     fingerprint_length: int = 0
     modulation: str = "none"  # "dog": residual signed by the image's own field (modulation.py)
+    modulation_mean: list = None  # the field's average over the training data (r x r), subtracted
 
 
 # Weights resolve relative to the repository, never the working folder.
@@ -157,7 +158,7 @@ def encode(encoder, config, fingerprints, images):
         output = encoder(fingerprints, images)
     fingerprinted = images + output if config.encoder_output == "residual" else output
     if config.modulation == "dog":
-        fingerprinted = modulation.modulate(images, fingerprinted - images)
+        fingerprinted = modulation.modulate(images, fingerprinted - images, field_mean(config, images))
     return fingerprinted
 
 
@@ -166,7 +167,12 @@ def decode(decoder, config, images, field_gradient=False):
     gradients flow through the sign field too (an attacker's full gradient;
     training stops them there)."""
     if config.modulation == "dog":
-        images = modulation.demodulate(images, detach_field=not field_gradient)
+        images = modulation.demodulate(images, not field_gradient, field_mean(config, images))
     return decoder(images * 2 - 1 if config.centred_inputs else images)
 
 
+def field_mean(config, images):
+    """The config's mean sign field as a tensor (1 1 r r) beside `images`, or None."""
+    if config.modulation_mean is None:
+        return None
+    return torch.tensor(config.modulation_mean, dtype=images.dtype, device=images.device)[None, None]

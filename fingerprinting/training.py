@@ -4,6 +4,7 @@ benchmarks call directly."""
 
 import argparse
 import copy
+import dataclasses
 import glob
 import importlib.util
 import json
@@ -142,6 +143,9 @@ def build_parser(description=None):
     add("--modulation", choices=modulation.MODES, default="none",
         help="'dog': sign the residual by the image's own field, so that copied or averaged residuals "
              "decode to chance (modulation.py; default none, the published encoding)")
+    add("--modulation_mean", action="store_true",
+        help="with --modulation dog: subtract the field's average over the training images (stored in the "
+             "_config.json), for aligned data such as faces (default off)")
     add("--forgery_loss_weight", type=float, default=0.0,
         help="weight of the defence against averaging and copy attacks: images forged with another image's "
              "or a group's mean residual must decode to chance, fingerprinted ones stripped of them must "
@@ -537,7 +541,7 @@ def train(args):
     source, heldout = training_data(args, context)
     steps_per_epoch = len(epoch_batches(len(source), args.batch_size, args.seed, 0, context))
     total_steps = args.max_steps or steps_per_epoch * args.num_epochs
-    session = start_session(args, context, device, heldout, total_steps)
+    session = start_session(args, context, device, heldout, total_steps, source)
     state = session.state
     progress = tqdm(total=total_steps, initial=state["step"], desc="training", unit="step", dynamic_ncols=True,
                     mininterval=1.0, disable=not context.is_main)
@@ -564,13 +568,15 @@ def train(args):
     return final, session.prefix
 
 
-def start_session(args, context, device, heldout, total_steps):
+def start_session(args, context, device, heldout, total_steps, source):
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.tensorboard import SummaryWriter
 
     encoder, decoder, config = build_models(args)
     if args.init_from:
         config = load_initial_weights(args.init_from, encoder, decoder, args)
+    if args.modulation_mean:
+        config = dataclasses.replace(config, modulation_mean=training_mean_field(source, args, context))
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     encoder = encoder.to(device, memory_format=memory_format)
     decoder = decoder.to(device, memory_format=memory_format)
@@ -586,6 +592,20 @@ def start_session(args, context, device, heldout, total_steps):
     writer = SummaryWriter(os.path.join(args.output_dir, "logs")) if context.is_main else None
     return Session(args, models, trained, optimizer, device, context, prefix, heldout, total_steps, writer, state,
                    averaged)
+
+
+MEAN_FIELD_IMAGES = 4096  # training images averaged for --modulation_mean
+
+
+def training_mean_field(source, args, context):
+    """The average sign field (a nested list, r x r) of the first training
+    images: the same images, so the same field, on a resumed run."""
+    if isinstance(source, torch.Tensor):
+        images = source[:MEAN_FIELD_IMAGES]
+    else:
+        images = torch.cat([batch for _, batch, _ in data.image_batches(
+            source, 256, args.num_workers, list(range(min(len(source), MEAN_FIELD_IMAGES)))) if len(batch)])
+    return [[round(value, 5) for value in row] for row in modulation.mean_field(data.to_float(images))[0, 0].tolist()]
 
 
 def run_step(session, batch_images, state):
