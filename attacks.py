@@ -9,7 +9,10 @@ some of those images and some clean ones. The families (--attacks):
   subtracted from fingerprinted ones (removal), N = --sizes; the mean over N
   fingerprinted images of each one minus its median-filtered copy (no clean
   images needed); with --transferability_dir the same over samples of the
-  GAN (or DDPM) trained on fingerprinted data, which anyone can draw;
+  GAN (or DDPM) trained on fingerprinted data, which anyone can draw; and
+  scheme-aware averaging: an attacker who has read modulation.py (public
+  code) estimates the residual before its sign field and signs it with each
+  target's own field;
 - copy: one fingerprinted image minus its denoised copy (median, Gaussian
   or BM3D), pasted onto a clean image or subtracted from another one;
 - signal: median filters 3/5/7, BM3D at several noise levels, JPEG 50 then BM3D;

@@ -1,4 +1,4 @@
-"""The paper's Table-1 protocol: do GANs trained on fingerprinted images
+r"""The paper's Table-1 protocol: do GANs trained on fingerprinted images
 generate fingerprinted images?
 
 1. embed one fingerprint into every training image (--identical_fingerprints),

@@ -229,7 +229,8 @@ def as_tensors(images, device):
             raise UserError(f"images: a float tensor in [0, 1] is needed, got {images.dtype} "
                             "(divide uint8 pixels by 255)")
         if images.dim() != 4 or images.shape[1] != 3:
-            raise UserError(f"images: a b c h w tensor with 3 (RGB) channels is needed, got shape {tuple(images.shape)}")
+            raise UserError(
+                f"images: a b c h w tensor with 3 (RGB) channels is needed, got shape {tuple(images.shape)}")
         if len(images) == 0:
             raise UserError("images: an empty batch")
         return images.to(device), "tensor"

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fingerprinting import data, evaluation, forgery, removal
+from fingerprinting import data, evaluation, forgery, modulation, removal
 from fingerprinting.bits import bit_accuracy
 
 ATTACK_PSNRS = (30, 33, 36, 40)  # dB of the attacked image against its source
@@ -150,6 +150,38 @@ def denoised_averaging_attacks(victim, pool, clean_targets, marked_targets, size
     return rows
 
 
+def scheme_aware_estimate(marked, clean, field_mean=None):
+    """The attacker who has read modulation.py (public code): the residual
+    before its sign field, from N fingerprinted and N clean float images
+    (n c h w). Each image's deviation from the clean mean, signed by its
+    own field, averages to residual x field^2 plus a content term that the
+    clean images' own signed deviations cancel. Returns c h w."""
+    centre = clean.mean(0, keepdim=True)
+    marked_field = modulation.sign_field(marked, field_mean)
+    signed = ((marked - centre) * marked_field).mean(0) - ((clean - centre) * modulation.sign_field(
+        clean, field_mean)).mean(0)
+    return signed / marked_field.pow(2).mean(0).clamp_min(1e-3)
+
+
+def scheme_aware_attacks(victim, pool, clean_targets, marked_targets, sizes):
+    """Averaging by an attacker who knows the content-keyed modulation: the
+    unsigned residual is estimated, then signed by each target's own field
+    before it is added (forge) or subtracted (remove); with and without the
+    field's mean over the attacker's clean images subtracted, as
+    --modulation_mean does (he cannot tell which the victim used)."""
+    rows = []
+    for size in sizes:
+        marked = data.to_float(victim.embed(pool[:size]))
+        clean = data.to_float(pool[size:2 * size])
+        for attack, field_mean in (("scheme-aware averaging", None),
+                                   ("scheme-aware averaging, mean field", modulation.mean_field(clean))):
+            residual = scheme_aware_estimate(marked, clean, field_mean)
+            for goal, sources in (("forge", clean_targets), ("remove", marked_targets)):
+                signed = residual * modulation.sign_field(sources, field_mean)
+                rows += sweep(victim, attack, goal, f"N={size}", sources, signed)
+    return rows
+
+
 def copy_attacks(victim, pool, clean_targets, marked_targets, denoisers, bm3d_images):
     """One fingerprinted image's estimate (image - denoised image) pasted on a
     clean target, or subtracted from another fingerprinted image; target i
@@ -196,6 +228,7 @@ def run_attacks(victim, targets, pool, options=Options()):
         "averaging": lambda: (averaging_attacks(victim, pool, clean_targets, marked_targets, options.sizes)
                               + denoised_averaging_attacks(victim, pool, clean_targets, marked_targets,
                                                            options.sizes)
+                              + scheme_aware_attacks(victim, pool, clean_targets, marked_targets, options.sizes)
                               + (generated_attacks(victim, pool, clean_targets, options.generated, options.sizes,
                                                    len(targets)) if options.generated is not None else [])),
         "copy": lambda: copy_attacks(victim, pool, clean_targets, marked_targets, options.denoisers,

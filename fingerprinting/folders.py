@@ -192,7 +192,8 @@ def run_over_folder(args, context, device, dataset, names, record_file, process_
     pending, record = open_pending(args, names, record_file, context)
     failures, started = [], time.time()
     with record, torch.inference_mode():
-        writer = ImageWriter(record, getattr(args, "output_format", "png"), getattr(args, "quality", data.DEFAULT_QUALITY))
+        output_format = getattr(args, "output_format", "png")
+        writer = ImageWriter(record, output_format, getattr(args, "quality", data.DEFAULT_QUALITY))
         try:
             batches = data.image_batches(dataset, args.batch_size, args.num_workers, pending,
                                          pin_memory=device.type == "cuda")

@@ -158,3 +158,16 @@ def test_an_inverted_fingerprint_is_flagged_as_tampered():
     result = fp.detect(marked, fingerprint=fingerprint)
     assert result.tampered.all() and not result.detected.any()
     assert not fp.detect(images, fingerprint=fingerprint).tampered.any()
+
+
+def test_an_attacker_who_knows_the_field_recovers_the_residual_that_blind_averaging_misses():
+    generator = torch.Generator().manual_seed(0)
+    images = modulation.gaussian_blur(torch.rand(2000, 3, 32, 32, generator=generator), 1.0)
+    residual = 0.03 * torch.randn(3, 32, 32, generator=generator)
+    marked = modulation.modulate(images[:1000], residual.expand(1000, -1, -1, -1))
+
+    def correlation(estimate):
+        return torch.corrcoef(torch.stack([estimate.flatten(), residual.flatten()]))[0, 1].item()
+
+    assert abs(correlation(forgery.averaging_estimate(marked, images[1000:]))) < 0.3
+    assert correlation(attack_suite.scheme_aware_estimate(marked, images[1000:])) > 0.9

@@ -1,11 +1,13 @@
-"""A compact unconditional DDPM (Ho et al. 2020) for the transferability
+r"""A compact unconditional DDPM (Ho et al. 2020) for the transferability
 experiment, built from diffusers: a `UNet2DModel` trained from scratch to
 predict the noise of a `DDPMScheduler` (1,000 linear-beta steps), sampled
 with a `DDIMScheduler` (--sampling_steps, deterministic, eta 0). The
 weights' moving average (EMA) is what samples. Nothing is downloaded.
 
-    python -m fingerprinting.generators.diffusion train --data_dir fingerprinted_images/ --output_dir runs/ddpm --steps 50000
-    python -m fingerprinting.generators.diffusion generate --checkpoint runs/ddpm/ddpm.pth --num_images 1000 --output_dir samples/
+    python -m fingerprinting.generators.diffusion train --data_dir fingerprinted_images/ --output_dir runs/ddpm \
+        --steps 50000
+    python -m fingerprinting.generators.diffusion generate --checkpoint runs/ddpm/ddpm.pth --num_images 1000 \
+        --output_dir samples/
 
 The run folder holds args.json, metrics.jsonl, logs/ (TensorBoard),
 samples/<step>.png and ddpm.pth (model, EMA, optimizer and step, for

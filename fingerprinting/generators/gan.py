@@ -1,9 +1,11 @@
-"""A compact DCGAN (Radford et al. 2016) for the transferability experiment.
+r"""A compact DCGAN (Radford et al. 2016) for the transferability experiment.
 
 Unconditional, 32x32 or 64x64, non-saturating GAN loss, Adam(2e-4, 0.5).
 
-    python -m fingerprinting.generators.gan train --data_dir fingerprinted_images/ --output_dir runs/gan --resolution 32 --steps 20000
-    python -m fingerprinting.generators.gan generate --checkpoint runs/gan/gan.pth --num_images 1000 --output_dir samples/
+    python -m fingerprinting.generators.gan train --data_dir fingerprinted_images/ --output_dir runs/gan \
+        --resolution 32 --steps 20000
+    python -m fingerprinting.generators.gan generate --checkpoint runs/gan/gan.pth --num_images 1000 \
+        --output_dir samples/
 
 The run folder holds args.json, metrics.jsonl, logs/ (TensorBoard),
 samples/<step>.png and gan.pth (generator, discriminator, optimizers and
@@ -39,7 +41,8 @@ class Generator(nn.Module):
         self.resolution = resolution
         doublings = int(math.log2(resolution)) - 2  # 4x4 -> resolution
         channels = width * 2 ** (doublings - 1)
-        layers = [nn.ConvTranspose2d(LATENT_SIZE, channels, 4, 1, 0, bias=False), nn.BatchNorm2d(channels), nn.ReLU(True)]
+        layers = [nn.ConvTranspose2d(LATENT_SIZE, channels, 4, 1, 0, bias=False), nn.BatchNorm2d(channels),
+                  nn.ReLU(True)]
         for _ in range(doublings - 1):
             layers += [nn.ConvTranspose2d(channels, channels // 2, 4, 2, 1, bias=False),
                        nn.BatchNorm2d(channels // 2), nn.ReLU(True)]
