@@ -45,10 +45,16 @@ def test_robust_model_survives_a_jpeg_50_resave_of_the_files(model, sample_folde
     assert summary["bit_accuracy"] >= 0.9
 
 
+# What each card claims, less a margin: the v2 pairs trade some accuracy
+# for their defence (0.97 on the sample photos, 0.985-0.988 held out).
+MINIMUM_ON_PHOTOS = {"cifar10_32_v2": 0.95, "celeba_64_v2": 0.95}
+MINIMUM_ON_DATASET = {"cifar10_32_v2": 0.98, "celeba_64_v2": 0.98}
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_shipped_model_on_sample_photos(model, sample_folder, tmp_path):
     summary = round_trip(model, sample_folder, tmp_path)
-    assert summary["bit_accuracy"] >= 0.99
+    assert summary["bit_accuracy"] >= MINIMUM_ON_PHOTOS.get(model, 0.99)
 
 
 def extract_some(archive, count, destination):
@@ -69,25 +75,38 @@ def test_shipped_model_on_real_dataset_images(model, tmp_path):
         pytest.skip(f"needs ../shared/data/{archive_name} (present in CI, not in a fresh clone)")
     images = extract_some(archive, 64, tmp_path / "images")
     summary = round_trip(model, images, tmp_path, *extra)
-    assert summary["bit_accuracy"] >= 0.99
+    assert summary["bit_accuracy"] >= MINIMUM_ON_DATASET.get(model, 0.99)
 
 
-def averaging_attack_on_sample_photos(model):
+def averaging_attack(model, photos):
     """The best averaging forgery and removal (N = 100, at >= 30 dB) against
-    a shipped model, on 64 sample photos attacked with 200 others."""
+    a shipped model: 64 of the uint8 photos (n c r r) attacked with 200 others."""
     fingerprinter = Fingerprinter.load(model, device="cpu")
-    size = fingerprinter.resolution
-    photos = torch.stack([data.pil_to_uint8(image) for image in sample_crops(264, size, seed=5)])
     fingerprint = torch.randint(0, 2, (fingerprinter.fingerprint_length,), generator=torch.Generator().manual_seed(0))
     victim = attack_suite.Victim(fingerprinter, fingerprint, fpr=1e-6)
     clean = data.to_float(photos[:64])
-    rows = attack_suite.averaging_attacks(victim, photos[64:], clean, data.to_float(victim.embed(photos[:64])), [100])
+    rows = attack_suite.averaging_attacks(victim, photos[64:264], clean, data.to_float(victim.embed(photos[:64])),
+                                          [100])
     return {entry["goal"]: entry["detected"] for entry in attack_suite.best_attacks(rows)}
 
 
+def attack_photos(model, tmp_path):
+    """264 images of the model's own domain: sample photos for CIFAR-10,
+    CelebA's test split for the faces (skipped without ../shared/data)."""
+    if model.startswith("cifar10"):
+        return torch.stack([data.pil_to_uint8(image) for image in sample_crops(264, 32, seed=5)])
+    archive_name, _ = CELEBA
+    archive = os.path.join(SHARED_DATA, archive_name)
+    if not os.path.exists(archive):
+        pytest.skip(f"needs ../shared/data/{archive_name} (present in CI, not in a fresh clone)")
+    folder = extract_some(archive, 264, tmp_path / "faces")
+    return data.load_all(str(folder), sorted(os.listdir(folder)), 64, center_crop=74)
+
+
 @pytest.mark.parametrize("model", [m for m in MODELS if m.endswith("_v2")])
-def test_the_averaging_attack_forges_a_robust_model_and_not_its_v2(model):
-    published_design = averaging_attack_on_sample_photos(model.replace("_v2", "_robust"))
+def test_the_averaging_attack_forges_a_robust_model_and_not_its_v2(model, tmp_path):
+    photos = attack_photos(model, tmp_path)
+    published_design = averaging_attack(model.replace("_v2", "_robust"), photos)
     assert published_design["forge"] >= 0.9  # the attack works
-    v2 = averaging_attack_on_sample_photos(model)
+    v2 = averaging_attack(model, photos)
     assert v2["forge"] <= 0.05 and v2["remove"] >= 0.9
