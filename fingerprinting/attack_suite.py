@@ -123,15 +123,26 @@ def copy_estimates(images, denoiser):
 
 # --- the attacks -------------------------------------------------------------------------
 
+def averaging_family(victim, pool, clean_targets, marked_targets, sizes):
+    """The averaging attacks on the victim's own embeddings of the pool
+    (embedded once, for the largest N): plain, of copy estimates, scheme-aware."""
+    marked_pool = victim.embed(pool[:max(sizes)])
+    return (averaging_attacks(victim, pool, clean_targets, marked_targets, sizes, marked_pool=marked_pool)
+            + denoised_averaging_attacks(victim, marked_pool, clean_targets, marked_targets, sizes)
+            + scheme_aware_attacks(victim, pool, marked_pool, clean_targets, marked_targets, sizes))
+
+
 def averaging_attacks(victim, pool, clean_targets, marked_targets, sizes, label="averaging",
-                      fingerprinted_pool=None):
+                      fingerprinted_pool=None, marked_pool=None):
     """mean(N fingerprinted) - mean(N other clean images), added to clean
     targets and subtracted from fingerprinted ones. `fingerprinted_pool`
-    (uint8) replaces the victim's own embeddings of `pool` (GAN samples)."""
+    (uint8) replaces the victim's own embeddings of `pool` (GAN samples);
+    `marked_pool` is those embeddings when already made."""
+    if fingerprinted_pool is None and marked_pool is None:
+        marked_pool = victim.embed(pool[:max(sizes)])
     rows = []
     for size in sizes:
-        marked = data.to_float(fingerprinted_pool[:size] if fingerprinted_pool is not None
-                               else victim.embed(pool[:size]))
+        marked = data.to_float(fingerprinted_pool[:size] if fingerprinted_pool is not None else marked_pool[:size])
         clean = data.to_float(pool[size:2 * size] if fingerprinted_pool is None else pool[:size])
         estimate = forgery.averaging_estimate(marked, clean).unsqueeze(0)
         for goal, sources in (("forge", clean_targets), ("remove", marked_targets)):
@@ -139,12 +150,12 @@ def averaging_attacks(victim, pool, clean_targets, marked_targets, sizes, label=
     return rows
 
 
-def denoised_averaging_attacks(victim, pool, clean_targets, marked_targets, sizes):
-    """No clean images needed: the mean over N fingerprinted images of each
-    one minus its median-filtered copy."""
+def denoised_averaging_attacks(victim, marked_pool, clean_targets, marked_targets, sizes):
+    """No clean images needed: the mean over N fingerprinted images (uint8
+    `marked_pool`) of each one minus its median-filtered copy."""
     rows = []
     for size in sizes:
-        estimate = copy_estimates(data.to_float(victim.embed(pool[:size])), "median 3x3").mean(0, keepdim=True)
+        estimate = copy_estimates(data.to_float(marked_pool[:size]), "median 3x3").mean(0, keepdim=True)
         for goal, sources in (("forge", clean_targets), ("remove", marked_targets)):
             rows += sweep(victim, "averaged copy estimates", goal, f"N={size}", sources, estimate)
     return rows
@@ -163,7 +174,7 @@ def scheme_aware_estimate(marked, clean, field_mean=None):
     return signed / marked_field.pow(2).mean(0).clamp_min(1e-3)
 
 
-def scheme_aware_attacks(victim, pool, clean_targets, marked_targets, sizes):
+def scheme_aware_attacks(victim, pool, marked_pool, clean_targets, marked_targets, sizes):
     """Averaging by an attacker who knows the content-keyed modulation: the
     unsigned residual is estimated, then signed by each target's own field
     before it is added (forge) or subtracted (remove); with and without the
@@ -171,7 +182,7 @@ def scheme_aware_attacks(victim, pool, clean_targets, marked_targets, sizes):
     --modulation_mean does (he cannot tell which the victim used)."""
     rows = []
     for size in sizes:
-        marked = data.to_float(victim.embed(pool[:size]))
+        marked = data.to_float(marked_pool[:size])
         clean = data.to_float(pool[size:2 * size])
         for attack, field_mean in (("scheme-aware averaging", None),
                                    ("scheme-aware averaging, mean field", modulation.mean_field(clean))):
@@ -225,10 +236,7 @@ def run_attacks(victim, targets, pool, options=Options()):
             row(victim, "none", "remove", "", "", marked_targets, marked_targets)]
     trained = {}
     families = {
-        "averaging": lambda: (averaging_attacks(victim, pool, clean_targets, marked_targets, options.sizes)
-                              + denoised_averaging_attacks(victim, pool, clean_targets, marked_targets,
-                                                           options.sizes)
-                              + scheme_aware_attacks(victim, pool, clean_targets, marked_targets, options.sizes)
+        "averaging": lambda: (averaging_family(victim, pool, clean_targets, marked_targets, options.sizes)
                               + (generated_attacks(victim, pool, clean_targets, options.generated, options.sizes,
                                                    len(targets)) if options.generated is not None else [])),
         "copy": lambda: copy_attacks(victim, pool, clean_targets, marked_targets, options.denoisers,
