@@ -238,8 +238,7 @@ def as_tensors(images, device):
 
 
 def pil_to_tensor(image, device):
-    array = np.asarray(data.to_rgb(image), dtype=np.uint8)
-    return data.to_float(torch.from_numpy(array.copy()).permute(2, 0, 1)).to(device)
+    return data.to_float(data.pil_to_uint8(data.to_rgb(image))).to(device)
 
 
 def from_tensors(images, kind):
