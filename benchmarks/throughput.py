@@ -15,7 +15,7 @@ run once its images are paid for. Sides:
   nothing else (benchmarks/baselines.py).
 
 All sides use the same published-key encoder/decoder (random weights:
-speed does not depend on training), batch 64, --cuda -1 unless told.
+speed does not depend on training), batch 64 and --cuda -1 unless told.
 Detect reads the PNGs our embed wrote. Writes results.json and results.md
 to --output_dir (default: a temporary folder, printed).
 """
@@ -80,7 +80,7 @@ def commands(args, side, job, inputs, output, pair):
         resolution = ours = ["--keep_size"]
     else:
         resolution = ours = ["--image_resolution", str(args.image_resolution)]
-    common = ["--batch_size", "64", "--cuda", str(args.cuda)]
+    common = ["--batch_size", str(args.batch_size), "--cuda", str(args.cuda)]
     baselines = [sys.executable, os.path.join(ROOT, "benchmarks", "baselines.py")]
     if side == "ours" and job == "embed":
         # --decoder_path only tells a published-key encoder its size
@@ -164,6 +164,9 @@ def main():
     parser.add_argument("--recursive", action="store_true", help="also read sub-folders of --data_dir")
     parser.add_argument("--num_images", type=int, default=1000, help="N (default 1000)")
     parser.add_argument("--image_resolution", type=int, default=32, help="default 32")
+    parser.add_argument("--batch_size", type=int, default=64,
+                        help="images per batch of every side (default 64); at 1024 px a smaller one lets N hold "
+                             "several batches, so that the N vs 4N peak memory compares steady states")
     parser.add_argument("--repeats", type=int, default=3, help="alternating repeats (default 3)")
     parser.add_argument("--cuda", type=int, default=-1, help="default -1 (CPU)")
     parser.add_argument("--output_dir", default=None, help="where results.json/.md go")

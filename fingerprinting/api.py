@@ -170,13 +170,26 @@ class Fingerprinter:
         float images (c h w, any sizes), their model views (b c r r,
         `resizing.model_view`) and bits (b L): the encoder's output itself
         at the model's size, else the image plus its enlarged residual."""
-        fingerprinted_views = torch.cat([self.encode(views[start:start + BATCH_SIZE], bits[start:start + BATCH_SIZE])
-                                         for start in range(0, len(views), BATCH_SIZE)])
-        for image, view, fingerprinted_view in zip(images, views, fingerprinted_views):
+        for image, view, fingerprinted_view in zip(images, views, self.encode_in_batches(views, bits)):
             if image.shape == fingerprinted_view.shape and strength == 1:
                 yield fingerprinted_view
             else:
                 yield resizing.add_residual(image.unsqueeze(0), (fingerprinted_view - view).unsqueeze(0), strength)[0]
+
+    def marked_pixels(self, pixels, views, bits, strength=1.0):
+        """`marked_images` for uint8 images (c h w each), yielding the 8-bit
+        images a file stores: data.to_uint8 of marked_images, up to float
+        rounding (one level, in ~1e-5 of the pixels), without a float copy
+        of each image."""
+        for image, view, fingerprinted_view in zip(pixels, views, self.encode_in_batches(views, bits)):
+            if image.shape == fingerprinted_view.shape and strength == 1:
+                yield data.to_uint8(fingerprinted_view)
+            else:
+                yield resizing.add_residual_to_pixels(image.to(view.device), fingerprinted_view - view, strength)
+
+    def encode_in_batches(self, views, bits):
+        return torch.cat([self.encode(views[start:start + BATCH_SIZE], bits[start:start + BATCH_SIZE])
+                          for start in range(0, len(views), BATCH_SIZE)])
 
     def encode(self, views, bits):
         """The encoder on model-size images (b c r r in [0, 1]) and bits (b L): fingerprinted, clamped."""

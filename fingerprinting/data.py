@@ -258,9 +258,10 @@ def load_all(data_dir, relative_paths, resolution, center_crop=0, num_workers=0)
     return torch.cat(batches)
 
 
-def default_num_workers():
-    """Reader processes: all cores but one, at most 8."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
+def default_num_workers(every_core=False):
+    """Reader processes: all cores but one (the main process computes), or
+    every core for a job bound by decoding; at most 8."""
+    return max(0, min(8, (os.cpu_count() or 1) - (0 if every_core else 1)))
 
 
 def to_float(images):
@@ -270,7 +271,7 @@ def to_float(images):
 
 def to_uint8(images):
     """float in [0, 1] (b c h w) -> uint8, rounded: exactly what a PNG stores."""
-    return images.clamp(0, 1).mul(255).round().to(torch.uint8)
+    return images.clamp(0, 1).mul_(255).round_().to(torch.uint8)
 
 
 # --output_format: file extension and Pillow's save options.

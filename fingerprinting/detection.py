@@ -45,7 +45,8 @@ def parse_args(argv=None, description=None):
     folders.resolve_model(parser, args, need_decoder=True)
     if not 0 < args.fpr < 1:
         parser.error("--fpr must be between 0 and 1")
-    folders.validate_input_arguments(parser, args)
+    # at native size the decoder reads a model-size view: decoding the files is the work
+    folders.validate_input_arguments(parser, args, decode_bound=args.keep_size)
     if args.fingerprint is not None:
         try:
             args.fingerprint = parse_bits(args.fingerprint)

@@ -133,10 +133,8 @@ def fingerprint_images(fingerprinter, images, fingerprints, strength, device):
         sources = images
         views = torch.stack([resizing.model_view(image.unsqueeze(0), fingerprinter.resolution)[0]
                              for image in folders.model_input(images, device)])
-    clean = (data.to_float(pixels).to(device) for pixels in sources)  # one at a time: native images are large
-    saved, psnrs = [], []
-    for pixels, marked in zip(sources, fingerprinter.marked_images(clean, views, fingerprints.float().to(device),
-                                                                    strength)):
-        saved.append(data.to_uint8(marked).cpu())
-        psnrs.append(evaluation.psnr(data.to_float(saved[-1]).unsqueeze(0), data.to_float(pixels).unsqueeze(0)))
+    marked = fingerprinter.marked_pixels(sources, views, fingerprints.float().to(device), strength)
+    saved = [image.cpu() for image in marked]
+    psnrs = [evaluation.psnr_of_pixels(image.unsqueeze(0), pixels.unsqueeze(0))
+             for image, pixels in zip(saved, sources)]
     return saved, torch.cat(psnrs)

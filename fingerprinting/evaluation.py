@@ -83,6 +83,13 @@ def psnr(images, reference):
     return 10 * torch.log10(1 / mse)
 
 
+def psnr_of_pixels(images, reference):
+    """`psnr` of uint8 images (b c h w) against uint8 references, without
+    converting either to [0, 1] floats first (a third of the time at 1024 px)."""
+    mse = (images.float() - reference).square_().flatten(1).mean(1).div_(255 ** 2).clamp_min(1e-10)
+    return 10 * torch.log10(1 / mse)
+
+
 def _gaussian_window(size=11, sigma=1.5):
     coords = torch.arange(size, dtype=torch.float64) - size // 2
     kernel = torch.exp(-coords ** 2 / (2 * sigma ** 2))

@@ -43,7 +43,8 @@ def add_input_arguments(parser):
     add("--batch_size", type=int, default=64, help="images per batch (default 64)")
     add("--cuda", type=int, default=0, help="CUDA device index; -1 or no GPU = CPU (default 0)")
     add("--seed", type=int, default=42, help="fingerprint seed (default 42)")
-    add("--num_workers", type=int, default=None, help="image decoding processes (default: cores - 1)")
+    add("--num_workers", type=int, default=None,
+        help="image decoding processes (default: cores - 1; every core for detection with --keep_size)")
     add("--resume", action="store_true", help="keep finished images of an interrupted run, do the rest")
     add("--keep_size", action="store_true",
         help="images at their own size: each whole image is resized to the model's size for the networks "
@@ -71,7 +72,9 @@ def resolve_model(parser, args, need_encoder=False, need_decoder=False):
         parser.error("give --decoder_path or --model")
 
 
-def validate_input_arguments(parser, args):
+def validate_input_arguments(parser, args, decode_bound=False):
+    """Check the shared flags; `decode_bound`: the job does little beside
+    decoding (detection at native size), so readers get every core."""
     if args.image_resolution is not None:
         if args.image_resolution < MIN_RESOLUTION:
             parser.error(f"--image_resolution must be >= {MIN_RESOLUTION}")
@@ -85,7 +88,7 @@ def validate_input_arguments(parser, args):
     if args.batch_size < 1:
         parser.error("--batch_size must be >= 1")
     if args.num_workers is None:
-        args.num_workers = data.default_num_workers()
+        args.num_workers = data.default_num_workers(every_core=decode_bound)
 
 
 # --- inputs and resume ------------------------------------------------------------

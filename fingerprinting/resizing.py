@@ -11,8 +11,15 @@ Images whose long side exceeds ELONGATED_ASPECT times the short one would
 be squashed beyond recognition: as TrustMark does, only their centred
 square (the short side's size) carries the fingerprint, and detection reads
 that square. Pure functions over float images (c h w or b c h w, in [0, 1]).
+
+The residual is enlarged by two matrix products with the weights of
+torch's bilinear interpolation: the same values as F.interpolate, 2.7x
+faster on a CPU at 1024 px (10 vs 27 ms an image, one core).
 """
 
+from functools import lru_cache
+
+import torch
 import torch.nn.functional as F
 
 ELONGATED_ASPECT = 2.0
@@ -45,14 +52,45 @@ def add_residual(images, residuals, strength=1.0):
     enlarged onto the fingerprinted box; clamped to [0, 1]."""
     top, left, box_height, box_width = fingerprinted_box(*images.shape[-2:])
     if residuals.shape[-2:] != (box_height, box_width):
-        residuals = F.interpolate(residuals, size=(box_height, box_width), mode="bilinear", align_corners=False)
+        residuals = bilinear(residuals, box_height, box_width)
     if (box_height, box_width) == tuple(images.shape[-2:]):
         return (images + strength * residuals).clamp(0, 1)
     padded = F.pad(residuals, (left, images.shape[-1] - left - box_width, top, images.shape[-2] - top - box_height))
     return (images + strength * padded).clamp(0, 1)
 
 
+
+def add_residual_to_pixels(pixels, residual, strength=1.0):
+    """uint8 pixels (c h w) plus `strength` x the model-size residual (c r r,
+    float), enlarged onto the fingerprinted box, rounded to 8-bit levels:
+    `add_residual` then rounding, without a float copy of the image (the
+    file path at 1024 px)."""
+    top, left, box_height, box_width = fingerprinted_box(*pixels.shape[-2:])
+    levels = bilinear(residual.unsqueeze(0) * (255 * strength), box_height, box_width)[0].round_()
+    marked = pixels.float()
+    marked[:, top:top + box_height, left:left + box_width] += levels
+    return marked.clamp_(0, 255).to(torch.uint8)
+
 def is_smaller_than(images, resolution):
     """Whether the fingerprinted box of images (.. h w) is below the model's size (read upscaled)."""
     _, _, box_height, box_width = fingerprinted_box(*images.shape[-2:])
     return min(box_height, box_width) < resolution
+
+
+def bilinear(images, height, width):
+    """images (b c h w) resized to height x width as F.interpolate's bilinear
+    mode (align_corners False, no antialiasing) does, by matrix products."""
+    rows = bilinear_matrix(images.shape[-2], height).to(images)
+    columns = bilinear_matrix(images.shape[-1], width).to(images)
+    return torch.matmul(torch.matmul(rows, images), columns.T)
+
+
+@lru_cache(maxsize=64)
+def bilinear_matrix(source, target):
+    """The target x source weights of 1-D bilinear resizing, read off
+    F.interpolate by resizing the identity. Cached, so made outside
+    inference mode: autograd may use them later."""
+    with torch.inference_mode(False):
+        identity = torch.eye(source).view(source, 1, 1, source)
+        weights = F.interpolate(identity, size=(1, target), mode="bilinear", align_corners=False)
+        return weights.view(source, target).T.contiguous()

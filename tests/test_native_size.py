@@ -6,10 +6,12 @@ import os
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from PIL import Image
 from test_api import mixed_folder  # noqa: F401  (a fixture)
 
-from fingerprinting import resizing
+from fingerprinting import data, resizing
 from fingerprinting.records import read_fingerprint_file
 
 from test_pipeline import detect, embed
@@ -85,3 +87,20 @@ def test_the_published_readmes_celeba_pair_is_shipped_as_celeba_64_robust():
         with open(os.path.join("saved_models", f"celeba_{part}"), "rb") as shipped, \
                 open(os.path.join("saved_models", f"celeba_64_robust_{part}"), "rb") as robust:
             assert shipped.read() == robust.read()
+
+
+@pytest.mark.parametrize("size", [(1024, 768), (218, 178), (40, 50), (64, 64)])
+def test_the_file_path_adds_the_residual_as_the_float_path_does(size):
+    """resizing.bilinear is F.interpolate's bilinear mode, and the uint8
+    composition embed writes is the float one rounded (up to float rounding)."""
+    generator = torch.Generator().manual_seed(0)
+    residual = torch.randn(1, 3, 64, 64, generator=generator) * 0.02
+    assert torch.allclose(resizing.bilinear(residual, *size),
+                          F.interpolate(residual, size=size, mode="bilinear", align_corners=False), atol=1e-6)
+    pixels = torch.randint(0, 256, (3, *size), dtype=torch.uint8, generator=generator)
+    for strength in (1.0, 0.5):
+        stored = resizing.add_residual_to_pixels(pixels, residual[0], strength)
+        rounded = data.to_uint8(resizing.add_residual(data.to_float(pixels).unsqueeze(0), residual, strength)[0])
+        differ = (stored.int() - rounded.int()).abs()
+        assert differ.max() <= 1 and (differ > 0).float().mean() < 1e-3
+        assert (stored.int() - pixels.int()).abs().max() > 0  # the residual is there
