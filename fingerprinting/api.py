@@ -188,6 +188,7 @@ class Fingerprinter:
                 yield resizing.add_residual_to_pixels(image.to(view.device), fingerprinted_view - view, strength)
 
     def encode_in_batches(self, views, bits):
+        """`encode` over views of any count, BATCH_SIZE at a time."""
         return torch.cat([self.encode(views[start:start + BATCH_SIZE], bits[start:start + BATCH_SIZE])
                           for start in range(0, len(views), BATCH_SIZE)])
 
