@@ -198,16 +198,38 @@ def run(args):
                                    generated=generated, surrogate=surrogate, classifier=classifier, seed=args.seed)
     victim = attack_suite.Victim(fingerprinter, fingerprint, args.fpr)
     rows, trained = attack_suite.run_attacks(victim, targets, pool, options)
+    surrogate_classifier = (classifier_scores(classifier, targets, generated[:args.num_targets], fingerprinter,
+                                              fingerprint, device) if classifier is not None else None)
     report = dict(model=args.model or args.encoder_path, resolution=fingerprinter.resolution, fingerprint_length=length,
                   min_matching_bits=min_matching_bits(length, args.fpr),
                   max_tampered_matching_bits=max_tampered_matching_bits(length, args.fpr), fpr=args.fpr,
                   targets=args.num_targets, pool=len(pool), sizes=sizes, denoisers=denoisers, attacker_pair=made,
-                  trained=trained, rows=rows, best=attack_suite.best_attacks(rows), seconds=time.time() - started,
-                  smoke=args.smoke, args=vars(args))
+                  trained=trained, classifier=surrogate_classifier, rows=rows, best=attack_suite.best_attacks(rows),
+                  seconds=time.time() - started, smoke=args.smoke, args=vars(args))
     write_json(report, os.path.join(args.output_dir, "attacks.json"))
     write_markdown(report, os.path.join(args.output_dir, "attacks.md"))
     plot(rows, os.path.join(args.output_dir, "attacks.png"), report["model"])
     return report
+
+
+def classifier_scores(classifier, clean, held_out_samples, fingerprinter, fingerprint, device):
+    """How well the WAVES surrogate tells samples it never saw from real
+    images (accuracy, 95 % interval), and the share of our fingerprinted
+    real images it calls fingerprinted: PGD against it can only move what it sees."""
+    predictions = steganalysis.detector_predictions(classifier, torch.cat([clean, held_out_samples]), device)
+    labels = [0] * len(clean) + [1] * len(held_out_samples)
+    marked = fingerprinter.embed(data.to_float(clean).to(device), fingerprint)
+    called = steganalysis.detector_predictions(classifier, data.to_uint8(marked).cpu(), device)
+    return dict(held_out=steganalysis.accuracy_with_interval(predictions, labels),
+                fingerprinted_real_called_fingerprinted=float(called.mean()))
+
+
+def classifier_line(scores):
+    held_out = scores["held_out"]
+    return (f"\nThe clean-vs-fingerprinted classifier (WAVES surrogate): accuracy {held_out['accuracy']:.3f} "
+            f"(95 % {held_out['low']:.3f}-{held_out['high']:.3f}) on {held_out['images']} held-out samples and real "
+            f"images; it calls {scores['fingerprinted_real_called_fingerprinted']:.3f} of our fingerprinted real "
+            "images fingerprinted.")
 
 
 def table(rows):
@@ -234,6 +256,7 @@ def write_markdown(report, path):
              *(["\nTrained in the run (first -> last training loss): " + ", ".join(
                  f"{name} {values['first_loss']:.4f} -> {values['last_loss']:.4f}"
                  for name, values in report["trained"].items())] if report["trained"] else []),
+             *([classifier_line(report["classifier"])] if report["classifier"] else []),
              "\n## Every attack and strength\n", *table(report["rows"])]
     with open(path, "w", encoding="utf-8") as file:
         file.write("\n".join(lines) + "\n")

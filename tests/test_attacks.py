@@ -171,3 +171,18 @@ def test_an_attacker_who_knows_the_field_recovers_the_residual_that_blind_averag
 
     assert abs(correlation(forgery.averaging_estimate(marked, images[1000:]))) < 0.3
     assert correlation(attack_suite.scheme_aware_estimate(marked, images[1000:])) > 0.9
+
+
+def test_the_waves_classifier_transfer_reports_what_its_surrogate_sees(tmp_path):
+    from test_secrecy import fake_transferability_dir
+
+    transfer = fake_transferability_dir(tmp_path / "transfer", "01" * 50)
+    args = attacks.parse_args(["--smoke", "--output_dir", str(tmp_path / "out"), "--cuda", "-1", "--attacks",
+                               "transfer", "--transferability_dir", str(transfer)])
+    report = attacks.run(args)
+    assert {"transfer PGD, attacker's decoder", "transfer PGD, clean-vs-fingerprinted classifier"} <= {
+        entry["attack"] for entry in report["rows"]}
+    held_out = report["classifier"]["held_out"]
+    assert held_out["low"] <= held_out["accuracy"] <= held_out["high"] and held_out["images"] == 2 * args.num_targets
+    assert 0 <= report["classifier"]["fingerprinted_real_called_fingerprinted"] <= 1
+    assert "WAVES surrogate" in (tmp_path / "out" / "attacks.md").read_text()
