@@ -104,3 +104,15 @@ def test_the_file_path_adds_the_residual_as_the_float_path_does(size):
         differ = (stored.int() - rounded.int()).abs()
         assert differ.max() <= 1 and (differ > 0).float().mean() < 1e-3
         assert (stored.int() - pixels.int()).abs().max() > 0  # the residual is there
+
+
+def test_native_detection_decodes_on_every_core_and_embedding_leaves_one_for_the_networks(tmp_path):
+    from fingerprinting import detection, embedding
+
+    cores = os.cpu_count() or 1
+    common = ["--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "out")]
+    native = detection.parse_args([*common, "--decoder_path", CELEBA[1], "--keep_size"])
+    preprocessed = detection.parse_args([*common, "--decoder_path", CELEBA[1]])
+    embedder = embedding.parse_args([*common, "--encoder_path", CELEBA[0], "--keep_size"])
+    assert native.num_workers == min(8, cores)
+    assert preprocessed.num_workers == embedder.num_workers == max(0, min(8, cores - 1))
