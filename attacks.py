@@ -198,8 +198,8 @@ def run(args):
                                    generated=generated, surrogate=surrogate, classifier=classifier, seed=args.seed)
     victim = attack_suite.Victim(fingerprinter, fingerprint, args.fpr)
     rows, trained = attack_suite.run_attacks(victim, targets, pool, options)
-    surrogate_classifier = (classifier_scores(classifier, targets, generated[:args.num_targets], fingerprinter,
-                                              fingerprint, device) if classifier is not None else None)
+    surrogate_classifier = (classifier_scores(classifier, targets, generated[:args.num_targets], victim, device)
+                            if classifier is not None else None)
     report = dict(model=args.model or args.encoder_path, resolution=fingerprinter.resolution, fingerprint_length=length,
                   min_matching_bits=min_matching_bits(length, args.fpr),
                   max_tampered_matching_bits=max_tampered_matching_bits(length, args.fpr), fpr=args.fpr,
@@ -212,14 +212,13 @@ def run(args):
     return report
 
 
-def classifier_scores(classifier, clean, held_out_samples, fingerprinter, fingerprint, device):
+def classifier_scores(classifier, clean, held_out_samples, victim, device):
     """How well the WAVES surrogate tells samples it never saw from real
     images (accuracy, 95 % interval), and the share of our fingerprinted
     real images it calls fingerprinted: PGD against it can only move what it sees."""
     predictions = steganalysis.detector_predictions(classifier, torch.cat([clean, held_out_samples]), device)
     labels = [0] * len(clean) + [1] * len(held_out_samples)
-    marked = fingerprinter.embed(data.to_float(clean).to(device), fingerprint)
-    called = steganalysis.detector_predictions(classifier, data.to_uint8(marked).cpu(), device)
+    called = steganalysis.detector_predictions(classifier, victim.embed(clean), device)
     return dict(held_out=steganalysis.accuracy_with_interval(predictions, labels),
                 fingerprinted_real_called_fingerprinted=float(called.mean()))
 

@@ -10,7 +10,8 @@ below the frequencies JPEG removes from a large image.
 Images whose long side exceeds ELONGATED_ASPECT times the short one would
 be squashed beyond recognition: as TrustMark does, only their centred
 square (the short side's size) carries the fingerprint, and detection reads
-that square. Pure functions over float images (c h w or b c h w, in [0, 1]).
+that square. Pure functions over float images (c h w or b c h w, in [0, 1]),
+and over uint8 pixels where the name says so.
 
 The residual is enlarged by two matrix products with the weights of
 torch's bilinear interpolation: the same values as F.interpolate, 2.7x
@@ -59,7 +60,6 @@ def add_residual(images, residuals, strength=1.0):
     return (images + strength * padded).clamp(0, 1)
 
 
-
 def add_residual_to_pixels(pixels, residual, strength=1.0):
     """uint8 pixels (c h w) plus `strength` x the model-size residual (c r r,
     float), enlarged onto the fingerprinted box, rounded to 8-bit levels:
@@ -70,6 +70,7 @@ def add_residual_to_pixels(pixels, residual, strength=1.0):
     marked = pixels.float()
     marked[:, top:top + box_height, left:left + box_width] += levels
     return marked.clamp_(0, 255).to(torch.uint8)
+
 
 def is_smaller_than(images, resolution):
     """Whether the fingerprinted box of images (.. h w) is below the model's size (read upscaled)."""
