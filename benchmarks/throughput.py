@@ -11,11 +11,13 @@ run once its images are paid for. Sides:
 
 - ours: embed_fingerprints.py / detect_fingerprints.py as a user runs them;
 - published: the 2021 scripts' loop (benchmarks/baselines.py);
-- I/O floor: decoding the inputs and writing the same PNGs over all cores,
-  nothing else (benchmarks/baselines.py).
+- I/O floor: decoding the inputs and writing the same PNGs (the pixels our
+  embed wrote) over all cores, nothing else (benchmarks/baselines.py).
 
-All sides use the same published-key encoder/decoder (random weights:
-speed does not depend on training), batch 64 and --cuda -1 unless told.
+All sides use the same published-key encoder/decoder (random weights, or a
+shipped pair with --model: the networks' speed does not depend on
+training, but how fast the fingerprinted PNGs compress does), batch 64 and
+--cuda -1 unless told.
 Detect reads the PNGs our embed wrote. Writes results.json and results.md
 to --output_dir (default: a temporary folder, printed).
 """
@@ -61,11 +63,14 @@ def prepare_inputs(args, workdir):
     return folders
 
 
-def save_random_pair(args, workdir):
+def model_pair(args, workdir):
+    """(encoder path, decoder path): the shipped --model, or a random pair saved in workdir."""
     import torch
 
     from models import StegaStampDecoder, StegaStampEncoder
 
+    if args.model:
+        return tuple(os.path.join(ROOT, "saved_models", f"{args.model}_{part}.pth") for part in ("encoder", "decoder"))
     torch.manual_seed(0)
     resolution = args.model_resolution if args.keep_size else args.image_resolution
     paths = os.path.join(workdir, "m_encoder.pth"), os.path.join(workdir, "m_decoder.pth")
@@ -93,19 +98,29 @@ def commands(args, side, job, inputs, output, pair):
         checkpoint = ["--encoder_path", pair[0]] if job == "embed" else ["--decoder_path", pair[1]]
         return [*baselines, f"published-{job}", *checkpoint, "--data_dir", inputs, "--output_dir", output,
                 *resolution, *common]
-    return [*baselines, f"floor-{job}", "--data_dir", inputs, "--output_dir", output, *resolution]
+    pixels = ["--pixels_dir", pixels_dir(inputs)] if job == "embed" else []
+    return [*baselines, f"floor-{job}", "--data_dir", inputs, "--output_dir", output, *resolution, *pixels]
+
+
+def pixels_dir(inputs):
+    """Where the floor finds the pixels our embed wrote for an input folder."""
+    return inputs + "_pixels"
 
 
 def run(args, workdir):
+    from baselines import save_pixels
+
     inputs = prepare_inputs(args, workdir)
-    pair = save_random_pair(args, workdir)
+    pair = model_pair(args, workdir)
     sizes = (args.num_images, 4 * args.num_images)
-    # detect reads the PNGs our embed writes
+    # detect reads the PNGs our embed writes; the floor writes their pixels
     detect_inputs = {}
     for size in sizes:
         output = os.path.join(workdir, f"embedded_{size}")
         measure_process(commands(args, "ours", "embed", inputs[size], output, pair))
         detect_inputs[size] = os.path.join(output, "fingerprinted_images")
+        if "I/O floor" in args.sides:
+            save_pixels(detect_inputs[size], pixels_dir(inputs[size]))
     times = {(job, side, size): [] for job in args.jobs for side in args.sides for size in sizes}
     peaks = dict.fromkeys(times, 0.0)
     for repeat in range(args.repeats):
@@ -161,6 +176,8 @@ def markdown(args, rows):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default=None, help="input images (default: built-in sample photographs)")
+    parser.add_argument("--model", default=None,
+                        help="a shipped pair (e.g. celeba_64_native) instead of random weights of the given size")
     parser.add_argument("--recursive", action="store_true", help="also read sub-folders of --data_dir")
     parser.add_argument("--num_images", type=int, default=1000, help="N (default 1000)")
     parser.add_argument("--image_resolution", type=int, default=32, help="default 32")
@@ -177,12 +194,23 @@ def main():
                         help="embed/detect --keep_size: the inputs at their own size (--image_resolution is then the "
                              "size of the built-in samples), a model of --model_resolution; the published scripts "
                              "cannot do this")
-    parser.add_argument("--model_resolution", type=int, default=64, help="with --keep_size (default 64)")
+    parser.add_argument("--model_resolution", type=int, default=64,
+                        help="with --keep_size, the random pair's size (default 64; --model sets its own)")
     args = parser.parse_args()
     if args.sides is None:
         args.sides = [side for side in SIDES if not (args.keep_size and side == "published")]
     if args.keep_size and "published" in args.sides:
         parser.error("--keep_size: the published scripts cannot keep the images' size")
+    if args.model:
+        from fingerprinting.checkpoints import load_model_config
+
+        encoder = os.path.join(ROOT, "saved_models", f"{args.model}_encoder.pth")
+        if not os.path.exists(encoder):
+            parser.error(f"--model {args.model}: no such shipped pair in saved_models/")
+        args.model_resolution = load_model_config(encoder).resolution
+        if not args.keep_size and args.model_resolution != args.image_resolution:
+            parser.error(f"--model {args.model} is {args.model_resolution} px: give --image_resolution "
+                         f"{args.model_resolution} or --keep_size")
     with tempfile.TemporaryDirectory() as workdir:
         rows = run(args, workdir)
     table = markdown(args, rows)

@@ -124,8 +124,10 @@ class Fingerprinter:
         bits = self.fingerprint_bits(fingerprint, len(tensors))
         with torch.enable_grad() if differentiable else torch.inference_mode():
             views = torch.stack([resizing.model_view(image.unsqueeze(0), self.resolution)[0] for image in tensors])
-            marked = list(self.marked_images(tensors, views, bits, strength))
-        return from_tensors(torch.stack(marked) if kind == "tensor" else marked, kind)
+            if kind == "tensor":
+                return torch.stack(list(self.marked_images(tensors, views, bits, strength)))
+            marked = [pixels_to_pil(image) for image in self.marked_pixels(tensors, views, bits, strength)]
+        return marked[0] if kind == "pil" else marked
 
     def detect(self, images, fingerprint=None, fpr=1e-6, center_crop=False):
         """Read the fingerprint of `images` (as for `embed`) into a Detection.
@@ -214,7 +216,8 @@ class Fingerprinter:
         """One image (c h w) as the decoder reads it: `resizing.model_view`, or
         with `center_crop` the shorter side resized then center-cropped."""
         if center_crop:
-            image = data.resize_and_center_crop(image, self.resolution)
+            image = data.resize_and_center_crop(data.to_float(image) if image.dtype == torch.uint8 else image,
+                                                self.resolution)
         return resizing.model_view(image.unsqueeze(0), self.resolution)[0]
 
     def score(self, bits, expected, fpr=1e-6, upscaled=None):
@@ -229,7 +232,8 @@ class Fingerprinter:
 # --- inputs and outputs ----------------------------------------------------------------
 
 def as_tensors(images, device):
-    """(float images on `device`: a b c h w tensor or a list of c h w tensors, the input's kind)."""
+    """(images on `device`, the input's kind): a float b c h w tensor, or
+    for PIL images a list of their uint8 pixels (c h w), read as the CLIs read files."""
     if isinstance(images, Image.Image):
         return [pil_to_tensor(images, device)], "pil"
     if isinstance(images, (list, tuple)):
@@ -252,14 +256,11 @@ def as_tensors(images, device):
 
 
 def pil_to_tensor(image, device):
-    return data.to_float(data.pil_to_uint8(data.to_rgb(image))).to(device)
+    return data.pil_to_uint8(data.to_rgb(image)).to(device)
 
 
-def from_tensors(images, kind):
-    if kind == "tensor":
-        return images
-    pil = [Image.fromarray(data.to_uint8(image.detach()).permute(1, 2, 0).cpu().numpy()) for image in images]
-    return pil[0] if kind == "pil" else pil
+def pixels_to_pil(pixels):
+    return Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy())
 
 
 # --- running the networks on a CPU -----------------------------------------------------

@@ -83,8 +83,8 @@ def load_rgb(path):
     """
     with Image.open(path) as image:
         image.load()
-        image = ImageOps.exif_transpose(image)
-    return to_rgb(image)
+        ImageOps.exif_transpose(image, in_place=True)  # no copy when upright already
+        return to_rgb(image)
 
 
 def to_rgb(image):
@@ -97,7 +97,7 @@ def to_rgb(image):
         image = Image.fromarray(np.clip(np.asarray(image) * 255 + 0.5, 0, 255).astype(np.uint8), "L")
     if image.mode == "P":
         image = image.convert("RGBA")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def check_preprocessing(resolution, use_celeba_preprocessing):
@@ -200,7 +200,7 @@ class NativeImageFiles(ImageFiles):
 
     def prepare(self, image):
         pixels = pil_to_uint8(image)
-        view = resizing.model_view(to_float(pixels).unsqueeze(0), self.resolution)[0]
+        view = resizing.model_view(pixels.unsqueeze(0), self.resolution)[0]
         return pixels if self.keep_pixels else None, view, resizing.is_smaller_than(pixels, self.resolution)
 
 

@@ -106,6 +106,20 @@ def test_the_file_path_adds_the_residual_as_the_float_path_does(size):
         assert (stored.int() - pixels.int()).abs().max() > 0  # the residual is there
 
 
+@pytest.mark.parametrize("size", [(1024, 768), (218, 178), (40, 50), (64, 64), (100, 300)])
+def test_the_view_of_pixels_is_the_float_view_in_8_bit_levels(size):
+    """Files are shrunk for the networks by torch's uint8 kernels: the float
+    path's view, rounded to 8 bits (their fixed-point weights: within one level)."""
+    pixels = torch.randint(0, 256, (1, 3, *size), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    channels_last = pixels.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # the layout a decoded file has
+    view = resizing.model_view(channels_last, 64)
+    float_view = resizing.model_view(data.to_float(pixels), 64)
+    assert view.dtype == torch.float32 and view.shape == float_view.shape == (1, 3, 64, 64)
+    levels = (view * 255 - float_view * 255).abs()
+    assert levels.max() <= 1 and levels.mean() < 0.35
+    assert torch.equal(view * 255, (view * 255).round())  # 8-bit levels
+
+
 def test_native_detection_decodes_on_every_core_and_embedding_leaves_one_for_the_networks(tmp_path):
     from fingerprinting import detection, embedding
 
