@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fingerprinting import data, resizing
+from fingerprinting import data, evaluation, resizing
 from fingerprinting.bits import (
     binomial_p_values,
     bits_from_logits,
@@ -126,7 +126,7 @@ class Fingerprinter:
             views = torch.stack([resizing.model_view(image.unsqueeze(0), self.resolution)[0] for image in tensors])
             if kind == "tensor":
                 return torch.stack(list(self.marked_images(tensors, views, bits, strength)))
-            marked = [pixels_to_pil(image) for image in self.marked_pixels(tensors, views, bits, strength)]
+            marked = [pixels_to_pil(image) for image, _ in self.marked_pixels(tensors, views, bits, strength)]
         return marked[0] if kind == "pil" else marked
 
     def detect(self, images, fingerprint=None, fpr=1e-6, center_crop=False):
@@ -180,14 +180,17 @@ class Fingerprinter:
 
     def marked_pixels(self, pixels, views, bits, strength=1.0):
         """`marked_images` for uint8 images (c h w each), yielding the 8-bit
-        images a file stores: data.to_uint8 of marked_images, up to float
-        rounding (one level, in ~1e-5 of the pixels), without a float copy
-        of each image."""
+        images a file stores (data.to_uint8 of marked_images, up to float
+        rounding: one level, in ~1e-5 of the pixels), without a float copy
+        of each image, each with its PSNR (dB) against its input."""
         for image, view, fingerprinted_view in zip(pixels, views, self.encode_in_batches(views, bits)):
+            image = image.to(view.device)
             if image.shape == fingerprinted_view.shape and strength == 1:
-                yield data.to_uint8(fingerprinted_view)
+                marked = data.to_uint8(fingerprinted_view)
+                yield marked, evaluation.psnr_of_pixels(marked.unsqueeze(0), image.unsqueeze(0))[0]
             else:
-                yield resizing.add_residual_to_pixels(image.to(view.device), fingerprinted_view - view, strength)
+                marked, squared = resizing.add_residual_to_pixels(image, fingerprinted_view - view, strength)
+                yield marked, evaluation.psnr_of_squared_levels(squared, image.numel())
 
     def encode_in_batches(self, views, bits):
         """`encode` over views of any count, BATCH_SIZE at a time."""

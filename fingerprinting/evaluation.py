@@ -86,9 +86,16 @@ def psnr(images, reference):
 def psnr_of_pixels(images, reference):
     """`psnr` of uint8 images (b c h w) against uint8 references, without
     converting either to [0, 1] floats first: the difference in 16-bit
-    integers, its square sum as a dot product (a sixth of the time at 1024 px)."""
-    difference = images.to(torch.int16).sub_(reference).flatten(1).float()
-    mse = torch.linalg.vecdot(difference, difference).div_(difference.shape[1] * 255 ** 2).clamp_min(1e-10)
+    integers, summed in whatever memory layout the pixels have (a sixth
+    of the time at 1024 px)."""
+    difference = images.to(torch.int16).sub_(reference).float()
+    return psnr_of_squared_levels(difference.square_().sum(dim=(1, 2, 3)), difference[0].numel())
+
+
+def psnr_of_squared_levels(squared, count):
+    """PSNR in dB (capped at 100, as `psnr`) from the sum of squared changes
+    in 8-bit levels over `count` values (a float or a tensor)."""
+    mse = torch.as_tensor(squared, dtype=torch.float32).div(count * 255 ** 2).clamp_min(1e-10)
     return 10 * torch.log10(1 / mse)
 
 

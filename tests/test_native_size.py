@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 from test_api import mixed_folder  # noqa: F401  (a fixture)
 
-from fingerprinting import data, resizing
+from fingerprinting import data, evaluation, resizing
 from fingerprinting.records import read_fingerprint_file
 
 from test_pipeline import detect, embed
@@ -99,11 +99,15 @@ def test_the_file_path_adds_the_residual_as_the_float_path_does(size):
                           F.interpolate(residual, size=size, mode="bilinear", align_corners=False), atol=1e-6)
     pixels = torch.randint(0, 256, (3, *size), dtype=torch.uint8, generator=generator)
     for strength in (1.0, 0.5):
-        stored = resizing.add_residual_to_pixels(pixels, residual[0], strength)
-        rounded = data.to_uint8(resizing.add_residual(data.to_float(pixels).unsqueeze(0), residual, strength)[0])
-        differ = (stored.int() - rounded.int()).abs()
-        assert differ.max() <= 1 and (differ > 0).float().mean() < 1e-3
-        assert (stored.int() - pixels.int()).abs().max() > 0  # the residual is there
+        for layout in (pixels, pixels.permute(1, 2, 0).contiguous().permute(2, 0, 1)):  # a decoded file's: h w c
+            stored, squared = resizing.add_residual_to_pixels(layout, residual[0], strength)
+            rounded = data.to_uint8(resizing.add_residual(data.to_float(pixels).unsqueeze(0), residual, strength)[0])
+            differ = (stored.int() - rounded.int()).abs()
+            assert differ.max() <= 1 and (differ > 0).float().mean() < 1e-3
+            assert (stored.int() - pixels.int()).abs().max() > 0  # the residual is there
+            assert squared.item() == (stored.double() - pixels.double()).square().sum().item()
+            assert torch.allclose(evaluation.psnr_of_squared_levels(squared, pixels.numel()),
+                                  evaluation.psnr_of_pixels(stored.unsqueeze(0), pixels.unsqueeze(0))[0])
 
 
 @pytest.mark.parametrize("size", [(1024, 768), (218, 178), (40, 50), (64, 64), (100, 300)])
