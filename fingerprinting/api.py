@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fingerprinting import data, evaluation, resizing
+from fingerprinting import data, resizing
 from fingerprinting.bits import (
     binomial_p_values,
     bits_from_logits,
@@ -182,15 +182,15 @@ class Fingerprinter:
         """`marked_images` for uint8 images (c h w each), yielding the 8-bit
         images a file stores (data.to_uint8 of marked_images, up to float
         rounding: one level, in ~1e-5 of the pixels), without a float copy
-        of each image, each with its PSNR (dB) against its input."""
+        of each image, each with the sum of its squared changes in 8-bit
+        levels (evaluation.psnr_of_squared_levels makes it a PSNR)."""
         for image, view, fingerprinted_view in zip(pixels, views, self.encode_in_batches(views, bits)):
             image = image.to(view.device)
             if image.shape == fingerprinted_view.shape and strength == 1:
                 marked = data.to_uint8(fingerprinted_view)
-                yield marked, evaluation.psnr_of_pixels(marked.unsqueeze(0), image.unsqueeze(0))[0]
+                yield marked, (marked.to(torch.int16) - image).double().square().sum()
             else:
-                marked, squared = resizing.add_residual_to_pixels(image, fingerprinted_view - view, strength)
-                yield marked, evaluation.psnr_of_squared_levels(squared, image.numel())
+                yield resizing.add_residual_to_pixels(image, fingerprinted_view - view, strength)
 
     def encode_in_batches(self, views, bits):
         """`encode` over views of any count, BATCH_SIZE at a time."""

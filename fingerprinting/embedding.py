@@ -8,7 +8,7 @@ import os
 import numpy as np
 import torch
 
-from fingerprinting import data, folders, resizing
+from fingerprinting import data, evaluation, folders, resizing
 from fingerprinting.api import Fingerprinter
 from fingerprinting.bits import bit_accuracy, fingerprint_for
 from fingerprinting.checkpoints import decoder_resolution, load_model_config
@@ -134,4 +134,5 @@ def fingerprint_images(fingerprinter, images, fingerprints, strength, device):
         views = torch.stack([resizing.model_view(image.unsqueeze(0), fingerprinter.resolution)[0]
                              for image in folders.model_input(images, device)])
     marked = list(fingerprinter.marked_pixels(sources, views, fingerprints.float().to(device), strength))
-    return [image.cpu() for image, _ in marked], torch.stack([psnr.cpu() for _, psnr in marked])
+    psnrs = [evaluation.psnr_of_squared_levels(squared.cpu(), image.numel()) for image, squared in marked]
+    return [image.cpu() for image, _ in marked], torch.stack(psnrs)
