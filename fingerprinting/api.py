@@ -188,7 +188,7 @@ class Fingerprinter:
             image = image.to(view.device)
             if image.shape == fingerprinted_view.shape and strength == 1:
                 marked = data.to_uint8(fingerprinted_view)
-                yield marked, (marked.to(torch.int16) - image).double().square().sum()
+                yield marked, resizing.squared_change(marked, image)
             else:
                 yield resizing.add_residual_to_pixels(image, fingerprinted_view - view, strength)
 

@@ -83,15 +83,6 @@ def psnr(images, reference):
     return 10 * torch.log10(1 / mse)
 
 
-def psnr_of_pixels(images, reference):
-    """`psnr` of uint8 images (b c h w) against uint8 references, without
-    converting either to [0, 1] floats first: the difference in 16-bit
-    integers, summed in whatever memory layout the pixels have (a sixth
-    of the time at 1024 px)."""
-    difference = images.to(torch.int16).sub_(reference).float()
-    return psnr_of_squared_levels(difference.square_().sum(dim=(1, 2, 3)), difference[0].numel())
-
-
 def psnr_of_squared_levels(squared, count):
     """PSNR in dB (capped at 100, as `psnr`) from the sum of squared changes
     in 8-bit levels over `count` values (a float or a tensor)."""

@@ -51,8 +51,9 @@ def model_view(images, resolution):
         shrinking = min(box_height, box_width) > resolution
         box = F.interpolate(box, size=(resolution, resolution), mode="bilinear", align_corners=False,
                             antialias=shrinking)
-        box = box if box.dtype == torch.uint8 else box.clamp(0, 1)
-    return box.float().div_(255) if box.dtype == torch.uint8 else box
+        if box.is_floating_point():
+            box = box.clamp(0, 1)
+    return box if box.is_floating_point() else box.float().div_(255)
 
 
 def add_residual(images, residuals, strength=1.0):
@@ -93,6 +94,12 @@ def add_residual_to_pixels(pixels, residual, strength=1.0):
         outputs[top + start:top + stop, left:left + box_width] = block
         squared += block.sub_(source).square_().sum(dtype=torch.float64)
     return marked, squared
+
+
+def squared_change(marked, pixels):
+    """The sum of the squared differences, in 8-bit levels, between two
+    uint8 images (c h w), in whatever memory layout they have (float64)."""
+    return (marked.to(torch.int16) - pixels).double().square_().sum()
 
 
 def is_smaller_than(images, resolution):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fingerprinting import data, evaluation, perturbations, sample_images
+from fingerprinting import data, evaluation, perturbations, resizing, sample_images
 from fingerprinting.bits import binomial_p_value, min_matching_bits, paper_min_matching_bits
 
 
@@ -38,14 +38,18 @@ def test_psnr_of_a_known_perturbation():
     assert evaluation.psnr(shifted, clean).item() == pytest.approx(20.0, abs=1e-4)
 
 
-def test_psnr_of_pixels_is_the_psnr_of_their_floats():
+def test_psnr_of_squared_levels_is_the_psnr_of_the_pixels_floats():
     generator = torch.Generator().manual_seed(0)
     reference = torch.randint(0, 256, (2, 3, 40, 30), dtype=torch.uint8, generator=generator)
     noise = torch.randint(-9, 10, reference.shape, generator=generator)
     images = (reference.int() + noise).clamp(0, 255).to(torch.uint8)
     expected = evaluation.psnr(data.to_float(images), data.to_float(reference))
-    assert torch.allclose(evaluation.psnr_of_pixels(images, reference), expected, atol=1e-4)
-    assert evaluation.psnr_of_pixels(reference, reference).tolist() == pytest.approx([100.0, 100.0])
+    def psnr_of_pixels(marked, pixels):
+        return torch.stack([evaluation.psnr_of_squared_levels(resizing.squared_change(image, source), source.numel())
+                            for image, source in zip(marked, pixels)])
+
+    assert torch.allclose(psnr_of_pixels(images, reference), expected, atol=1e-4)
+    assert psnr_of_pixels(reference, reference).tolist() == pytest.approx([100.0, 100.0])
 
 
 def test_ssim_identity_and_ordering():
