@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from fingerprinting import Fingerprinter, data, evaluation, file_changes, perturbations
+from fingerprinting.api import MIN_READ_BACK
 from fingerprinting.bits import (
     binomial_p_value,
     bit_accuracy,
@@ -56,6 +57,8 @@ def parse_args(argv=None):
         help="evaluate at the images' own size (embed/detect --keep_size): PSNR and SSIM at the native size and "
              "robustness through real files (JPEG, WebP, downscales, crops, rotation, the combined attack)")
     add("--strength", type=float, default=1.0, help="with --keep_size: embed_fingerprints.py --strength")
+    add("--min_read_back", type=float, default=MIN_READ_BACK,
+        help=f"with --keep_size: embed_fingerprints.py --min_read_back (default {MIN_READ_BACK})")
     add("--fpr", type=float, default=1e-6, help="false-positive rate of the detection test (default 1e-6)")
     add("--fid", action="store_true", help="also compute FID (needs requirements-fid.txt)")
     add("--skip_robustness", action="store_true", help="leave out the perturbation sweep")
@@ -203,8 +206,8 @@ def evaluate_native(args):
             os.symlink(os.path.abspath(os.path.join(args.data_dir, path)), link)
     settings = argparse.Namespace(model=None, encoder_path=args.encoder_path, decoder_path=args.decoder_path,
                                   data_dir=folder, output_dir=os.path.join(args.output_dir, "files"), keep_size=True,
-                                  strength=args.strength, center_crop=0, recursive=False, fpr=args.fpr,
-                                  seed=args.seed, cuda=args.cuda)
+                                  strength=args.strength, min_read_back=args.min_read_back, center_crop=0,
+                                  recursive=False, fpr=args.fpr, seed=args.seed, cuda=args.cuda)
     report = file_changes.measure(settings)
     with open(os.path.join(args.output_dir, "report.json"), "w", encoding="utf-8") as file:
         json.dump(report, file, indent=2)

@@ -23,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from fingerprinting import file_changes  # noqa: E402
+from fingerprinting.api import MIN_READ_BACK  # noqa: E402
 from utils import run_cli  # noqa: E402
 
 
@@ -37,6 +38,8 @@ def parse_args(argv=None):
     parser.add_argument("--center_crop", type=int, default=0, help="as for embed/detect (74 for CelebA at 64)")
     parser.add_argument("--keep_size", action="store_true", help="embed and detect at the images' own size")
     parser.add_argument("--strength", type=float, default=1.0, help="embed_fingerprints.py --strength (default 1)")
+    parser.add_argument("--min_read_back", type=float, default=MIN_READ_BACK,
+                        help=f"embed_fingerprints.py --min_read_back (default {MIN_READ_BACK}; 0 = exactly --strength)")
     parser.add_argument("--fpr", type=float, default=1e-6, help="detection threshold's false-positive rate")
     parser.add_argument("--seed", type=int, default=42, help="fingerprint seed (default 42)")
     parser.add_argument("--cuda", type=int, default=-1, help="CUDA device; -1 = CPU (default -1)")

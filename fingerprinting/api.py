@@ -47,6 +47,17 @@ BATCH_SIZE = 64  # images per network call (CPUs split it further: sub_batch_siz
 # of 64 are not split.
 ACTIVATION_BYTES = 24 * 2**20
 
+# Read-back: an image whose size differs from the model's loses part of its
+# residual's fine detail on the way (enlarged, then shrunk again to be read).
+# Textured scenes lose the most: with celeba_64_native, 4 % of LSUN bedrooms
+# read back below 0.95 of their bits as saved, while every one reads 0.98 or
+# more at the model's size. Where the decoder is at hand, each such image is
+# read back as detection will read it and, below MIN_READ_BACK of its bits,
+# embedded again at the next of READ_BACK_BOOSTS x the strength: the PSNR
+# cost falls on the few images that need it (docs/native_size.md).
+MIN_READ_BACK = 0.99
+READ_BACK_BOOSTS = (1.1, 1.2, 1.3, 1.4, 1.5)
+
 
 @dataclass
 class Detection:
@@ -107,7 +118,7 @@ class Fingerprinter:
 
     # --- the public API ---------------------------------------------------------------
 
-    def embed(self, images, fingerprint, strength=1.0, differentiable=False):
+    def embed(self, images, fingerprint, strength=1.0, differentiable=False, min_read_back=MIN_READ_BACK):
         """Fingerprinted copies of `images`, in the type and sizes given.
 
         images: a PIL image, a list of them, or a float tensor b c h w in [0, 1].
@@ -115,6 +126,9 @@ class Fingerprinter:
             (L for every image, b L for one each).
         strength: scales the embedded residual (1 = as trained).
         differentiable: keep the autograd graph (for use inside a loss).
+        min_read_back: images not at the model's size whose fingerprint reads
+            back below this share of its bits are embedded again, up to 1.5x
+            stronger (needs the decoder; 0: never).
         Returns a PIL image, a list of them (the 8-bit pixels the CLI saves),
         or a float tensor b c h w in [0, 1] (not quantised).
         """
@@ -125,8 +139,9 @@ class Fingerprinter:
         with torch.enable_grad() if differentiable else torch.inference_mode():
             views = torch.stack([resizing.model_view(image.unsqueeze(0), self.resolution)[0] for image in tensors])
             if kind == "tensor":
-                return torch.stack(list(self.marked_images(tensors, views, bits, strength)))
-            marked = [pixels_to_pil(image) for image, _ in self.marked_pixels(tensors, views, bits, strength)]
+                return torch.stack(list(self.marked_images(tensors, views, bits, strength, min_read_back)))
+            marked = [pixels_to_pil(image) for image, _ in self.marked_pixels(tensors, views, bits, strength,
+                                                                              min_read_back)]
         return marked[0] if kind == "pil" else marked
 
     def detect(self, images, fingerprint=None, fpr=1e-6, center_crop=False):
@@ -167,30 +182,62 @@ class Fingerprinter:
             raise UserError("fingerprint: values must be 0 or 1")
         return fingerprint.float().to(self.device)
 
-    def marked_images(self, images, views, bits, strength=1.0):
+    def marked_images(self, images, views, bits, strength=1.0, min_read_back=0.0):
         """Yield each image fingerprinted (float c h w), from an iterable of
         float images (c h w, any sizes), their model views (b c r r,
         `resizing.model_view`) and bits (b L): the encoder's output itself
-        at the model's size, else the image plus its enlarged residual."""
-        for image, view, fingerprinted_view in zip(images, views, self.encode_in_batches(views, bits)):
+        at the model's size, else the image plus its enlarged residual
+        (`read_back_boosted` with `min_read_back`)."""
+        for image, view, fingerprinted_view, image_bits in zip(images, views, self.encode_in_batches(views, bits),
+                                                               bits):
             if image.shape == fingerprinted_view.shape and strength == 1:
                 yield fingerprinted_view
             else:
-                yield resizing.add_residual(image.unsqueeze(0), (fingerprinted_view - view).unsqueeze(0), strength)[0]
+                residual = (fingerprinted_view - view).unsqueeze(0)
+                yield self.read_back_boosted(lambda s: resizing.add_residual(image.unsqueeze(0), residual, s)[0],
+                                             lambda marked: marked, image_bits, strength, min_read_back)
 
-    def marked_pixels(self, pixels, views, bits, strength=1.0):
+    def marked_pixels(self, pixels, views, bits, strength=1.0, min_read_back=0.0):
         """`marked_images` for uint8 images (c h w each), yielding the 8-bit
         images a file stores (data.to_uint8 of marked_images, up to float
         rounding: one level, in ~1e-5 of the pixels), without a float copy
         of each image, each with the sum of its squared changes in 8-bit
         levels (evaluation.psnr_of_squared_levels makes it a PSNR)."""
-        for image, view, fingerprinted_view in zip(pixels, views, self.encode_in_batches(views, bits)):
+        for image, view, fingerprinted_view, image_bits in zip(pixels, views, self.encode_in_batches(views, bits),
+                                                               bits):
             image = image.to(view.device)
             if image.shape == fingerprinted_view.shape and strength == 1:
                 marked = data.to_uint8(fingerprinted_view)
                 yield marked, resizing.squared_change(marked, image)
             else:
-                yield resizing.add_residual_to_pixels(image, fingerprinted_view - view, strength)
+                residual = fingerprinted_view - view
+                yield self.read_back_boosted(lambda s: resizing.add_residual_to_pixels(image, residual, s),
+                                             lambda marked: marked[0], image_bits, strength, min_read_back)
+
+    def read_back_boosted(self, add, image_of, bits, strength, min_read_back):
+        """`add(strength)`, an image marked with its residual at that strength,
+        redone at each next READ_BACK_BOOSTS x `strength` while the image
+        (`image_of` the result) reads back below `min_read_back` of `bits`
+        as detection reads it; if none reaches it, the one that read best.
+        Without a decoder, or with 0: `add(strength)`."""
+        best = add(strength)
+        if not min_read_back or self.decoder is None:
+            return best
+        best_accuracy = self.read_back_accuracy(image_of(best), bits)
+        for boost in READ_BACK_BOOSTS:
+            if best_accuracy >= min_read_back:
+                break
+            result = add(strength * boost)
+            accuracy = self.read_back_accuracy(image_of(result), bits)
+            if accuracy > best_accuracy:
+                best, best_accuracy = result, accuracy
+        return best
+
+    def read_back_accuracy(self, image, bits):
+        """The share of `bits` (L) that one marked image (c h w) reads back, whole image shrunk as in detection."""
+        with torch.no_grad():
+            view = resizing.model_view(image.detach().unsqueeze(0), self.resolution)
+            return (self.read_bits(view)[0].to(bits) == bits).float().mean().item()
 
     def encode_in_batches(self, views, bits):
         """`encode` over views of any count, BATCH_SIZE at a time."""

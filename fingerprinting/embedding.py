@@ -9,9 +9,9 @@ import numpy as np
 import torch
 
 from fingerprinting import data, evaluation, folders, resizing
-from fingerprinting.api import Fingerprinter
+from fingerprinting.api import MIN_READ_BACK, Fingerprinter
 from fingerprinting.bits import bit_accuracy, fingerprint_for
-from fingerprinting.checkpoints import decoder_resolution, load_model_config
+from fingerprinting.checkpoints import decoder_resolution, load_model_config, model_pair_paths
 from fingerprinting.devices import barrier, init_distributed
 from fingerprinting.errors import UserError
 from fingerprinting.records import TEMP_PREFIX, fingerprint_line
@@ -30,6 +30,9 @@ def parse_args(argv=None, description=None):
     add("--identical_fingerprints", action="store_true", help="the same fingerprint in every image (to train a GAN on)")
     add("--strength", type=float, default=1.0,
         help="scale of the embedded residual: lower is cleaner and less robust (default 1.0)")
+    add("--min_read_back", type=float, default=MIN_READ_BACK,
+        help="images not at the model's size: read each back as detection will and, below this share of its "
+             f"bits, embed it again up to 1.5x stronger (needs the decoder; 0 = never; default {MIN_READ_BACK})")
     add("--output_format", choices=sorted(data.OUTPUT_FORMATS), default="png",
         help="file format of the fingerprinted images (default png, the published one: <stem>.png)")
     add("--quality", type=int, default=data.DEFAULT_QUALITY,
@@ -42,6 +45,8 @@ def parse_args(argv=None, description=None):
         parser.error("--check needs --decoder_path")
     if not 0 < args.strength <= 4:
         parser.error("--strength must be in (0, 4]")
+    if not 0 <= args.min_read_back <= 1:
+        parser.error("--min_read_back must be in [0, 1]")
     if not 1 <= args.quality <= 100:
         parser.error("--quality must be in 1..100")
     folders.validate_input_arguments(parser, args)
@@ -82,9 +87,20 @@ def remove_partial_files(images_dir):
                 os.remove(os.path.join(folder, name))
 
 
+def decoder_needed(args):
+    """The decoder for --check and the read-back: --decoder_path (or --model's),
+    else for the read-back the _decoder.pth beside --encoder_path, if there."""
+    if not (args.check or args.min_read_back):
+        return None
+    if args.decoder_path or not args.encoder_path.endswith("_encoder.pth"):
+        return args.decoder_path
+    beside = model_pair_paths(args.encoder_path)[1]
+    return beside if os.path.isfile(beside) else None
+
+
 def load_fingerprinter(args, device):
-    """The encoder (and the decoder, for --check) as a Fingerprinter."""
-    fingerprinter = Fingerprinter.from_paths(args.encoder_path, args.decoder_path if args.check else None, device,
+    """The encoder (and the decoder, `decoder_needed`) as a Fingerprinter."""
+    fingerprinter = Fingerprinter.from_paths(args.encoder_path, decoder_needed(args), device,
                                              resolution=model_resolution(args))
     folders.check_fingerprint_length(args, fingerprinter)
     return fingerprinter
@@ -108,7 +124,7 @@ def embed_folder(args):
         fingerprints = torch.from_numpy(np.stack([fingerprint_for(int(index), fingerprinter.fingerprint_length,
                                                                   args.seed, args.identical_fingerprints)
                                                   for index in indices]))
-        saved, batch_psnrs = fingerprint_images(fingerprinter, images, fingerprints, args.strength, device)
+        saved, batch_psnrs = fingerprint_images(fingerprinter, images, fingerprints, args, device)
         psnrs.append(batch_psnrs)
         if args.check:
             views = torch.stack([resizing.model_view(data.to_float(image).unsqueeze(0), fingerprinter.resolution)[0]
@@ -124,15 +140,17 @@ def embed_folder(args):
     return folders.finish(args, context, names, RECORD_FILE, results)
 
 
-def fingerprint_images(fingerprinter, images, fingerprints, strength, device):
+def fingerprint_images(fingerprinter, images, fingerprints, args, device):
     """(the uint8 images to save, a list of c h w; their PSNR at their own
-    size, b) for a batch: uint8 b c h w, or a data.NativeBatch (--keep_size)."""
+    size, b) for a batch: uint8 b c h w, or a data.NativeBatch (--keep_size),
+    at args.strength, with args.min_read_back."""
     if isinstance(images, data.NativeBatch):
         sources, views = images.pixels, images.views.to(device, non_blocking=True)
     else:
         sources = images
         views = torch.stack([resizing.model_view(image.unsqueeze(0), fingerprinter.resolution)[0]
                              for image in folders.model_input(images, device)])
-    marked = list(fingerprinter.marked_pixels(sources, views, fingerprints.float().to(device), strength))
+    marked = list(fingerprinter.marked_pixels(sources, views, fingerprints.float().to(device), args.strength,
+                                              args.min_read_back))
     psnrs = [evaluation.psnr_of_squared_levels(squared.cpu(), image.numel()) for image, squared in marked]
     return [image.cpu() for image, _ in marked], torch.stack(psnrs)

@@ -144,13 +144,13 @@ def ssim_of_files(inputs, outputs, names):
 def measure(settings):
     """Embed, change the files, detect: a report dict. `settings`: model
     (or encoder_path/decoder_path), data_dir, output_dir, keep_size,
-    strength, center_crop, recursive, fpr, seed, cuda."""
+    strength, min_read_back, center_crop, recursive, fpr, seed, cuda."""
     out = lambda *parts: os.path.join(settings.output_dir, *parts)  # noqa: E731
     input_flags = input_arguments(settings)
     embedded = embedding.embed_folder(embedding.parse_args([
         *encoder_arguments(settings), "--data_dir", settings.data_dir, "--output_dir", out("embedded"),
         "--cuda", str(settings.cuda), "--seed", str(settings.seed), "--strength", str(settings.strength),
-        *input_flags]))
+        "--min_read_back", str(settings.min_read_back), *input_flags]))
     record, saved = out("embedded", "embedded_fingerprints.txt"), out("embedded", "fingerprinted_images")
     ssim = None
     if settings.keep_size:
@@ -166,7 +166,7 @@ def measure(settings):
         rows.append(dict(change=name, **scores(detect(settings, folder, folder + "_detected", record,
                                                       *(["--keep_size"] if settings.keep_size else [])))))
     return dict(psnr=embedded["psnr"], ssim=ssim, images=embedded["processed"], keep_size=settings.keep_size,
-                strength=settings.strength, rows=rows)
+                strength=settings.strength, min_read_back=settings.min_read_back, rows=rows)
 
 
 def detect(settings, folder, output_dir, record, *extra):
@@ -195,7 +195,8 @@ def scores(summary):
 def table(report):
     quality = f"PSNR {report['psnr']:.2f} dB" + (f", SSIM {report['ssim']:.4f}" if report.get("ssim") else "")
     size = "at their own size (--keep_size)" if report["keep_size"] else "at the model's size"
-    lines = [f"{report['images']} images {size}, strength {report['strength']:g}, {quality}", "",
+    lines = [f"{report['images']} images {size}, strength {report['strength']:g} (read-back "
+             f"{report['min_read_back']:g}), {quality}", "",
              "| file change | bit accuracy | detected |", "|---|---|---|"]
     lines += [f"| {row['change']} | {row['bit_accuracy']:.4f} | {row['detected']:.4f} |" for row in report["rows"]]
     return "\n".join(lines)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 from test_api import mixed_folder  # noqa: F401  (a fixture)
 
-from fingerprinting import data, resizing
+from fingerprinting import Fingerprinter, data, resizing
 from fingerprinting.records import read_fingerprint_file
 
 from test_pipeline import detect, embed
@@ -77,8 +77,8 @@ def test_the_papers_celeba_command_runs_with_a_64_px_model(tmp_path, sample_fold
 
 
 def test_strength_trades_psnr_for_signal(tmp_path, mixed_folder):  # noqa: F811
-    weak = embed(mixed_folder, tmp_path / "weak", CELEBA[0], "--keep_size", "--strength", "0.5")
-    full = embed(mixed_folder, tmp_path / "full", CELEBA[0], "--keep_size")
+    weak = embed(mixed_folder, tmp_path / "weak", CELEBA[0], "--keep_size", "--strength", "0.5", "--min_read_back", "0")
+    full = embed(mixed_folder, tmp_path / "full", CELEBA[0], "--keep_size", "--min_read_back", "0")
     assert weak["psnr"] > full["psnr"] + 4  # half the residual: about 6 dB
 
 
@@ -133,3 +133,28 @@ def test_native_detection_decodes_on_every_core_and_embedding_leaves_one_for_the
     embedder = embedding.parse_args([*common, "--encoder_path", CELEBA[0], "--keep_size"])
     assert native.num_workers == min(8, cores)
     assert preprocessed.num_workers == embedder.num_workers == max(0, min(8, cores - 1))
+
+
+def test_images_that_read_back_poorly_are_embedded_again_stronger_and_only_they(mixed_folder):  # noqa: F811
+    fp = Fingerprinter.load("celeba_64_native2")
+    images = [Image.open(mixed_folder / name).convert("RGB") for name in sorted(os.listdir(mixed_folder))]
+    fingerprint = "01" * 50
+    faint = fp.embed(images, fingerprint, strength=0.3, min_read_back=0)  # too faint to read well
+    boosted = fp.embed(images, fingerprint, strength=0.3, min_read_back=0.99)
+
+    def read_back(image):
+        return fp.read_back_accuracy(data.pil_to_uint8(image), fp.fingerprint_bits(fingerprint, 1)[0])
+
+    def change(marked, image):
+        return np.abs(np.asarray(marked, dtype=int) - np.asarray(image, dtype=int)).sum()
+
+    redone = 0
+    for image, plain, stronger in zip(images, faint, boosted):
+        if read_back(plain) >= 0.99:
+            assert np.array_equal(np.asarray(plain), np.asarray(stronger))
+        else:
+            redone += 1
+            assert change(stronger, image) > change(plain, image)
+            assert read_back(stronger) >= read_back(plain)
+    assert redone >= 2
+    assert np.mean([read_back(image) for image in boosted]) > np.mean([read_back(image) for image in faint]) + 0.02
