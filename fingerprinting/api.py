@@ -21,6 +21,7 @@ from PIL import Image
 from fingerprinting import data, resizing
 from fingerprinting.bits import (
     binomial_p_values,
+    bit_accuracy,
     bits_from_logits,
     matching_bits,
     max_tampered_matching_bits,
@@ -219,9 +220,10 @@ class Fingerprinter:
         redone at each next READ_BACK_BOOSTS x `strength` while the image
         (`image_of` the result) reads back below `min_read_back` of `bits`
         as detection reads it; if none reaches it, the one that read best.
-        Without a decoder, or with 0: `add(strength)`."""
+        Without a decoder, with 0, or at the model's own size (nothing is
+        lost on the way there): `add(strength)`."""
         best = add(strength)
-        if not min_read_back or self.decoder is None:
+        if not min_read_back or self.decoder is None or image_of(best).shape[-2:] == (self.resolution,) * 2:
             return best
         best_accuracy = self.read_back_accuracy(image_of(best), bits)
         for boost in READ_BACK_BOOSTS:
@@ -237,7 +239,7 @@ class Fingerprinter:
         """The share of `bits` (L) that one marked image (c h w) reads back, whole image shrunk as in detection."""
         with torch.no_grad():
             view = resizing.model_view(image.detach().unsqueeze(0), self.resolution)
-            return (self.read_bits(view)[0].to(bits) == bits).float().mean().item()
+            return bit_accuracy(self.read_bits(view), bits.unsqueeze(0)).item()
 
     def encode_in_batches(self, views, bits):
         """`encode` over views of any count, BATCH_SIZE at a time."""
