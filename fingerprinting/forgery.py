@@ -13,6 +13,8 @@ on every image. Pure functions over float images (b c h w, in [0, 1]).
 import torch
 import torch.nn.functional as F
 
+from fingerprinting import modulation
+
 
 def averaging_estimate(fingerprinted, clean):
     """The fingerprint as mean(fingerprinted) - mean(clean) (c h w); the two
@@ -74,8 +76,8 @@ def attack_batch(images, fingerprinted, bits, groups, psnr_range, generator=None
     b c h w, the bits they still carry b L). Each clean image is forged with
     one of: the mean residual of another group (the averaging attack),
     another image's exact residual (the copy attack by someone holding clean
-    and fingerprinted copies) or another image minus its median-filtered
-    copy (the copy attack, estimated). Each fingerprinted image is stripped
+    and fingerprinted copies) or another image minus its median-filtered or
+    Gaussian-blurred (sigma 1) copy (the copy attack, estimated). Each fingerprinted image is stripped
     of its group's mean residual or of a group-mate's residual. Every
     pattern is scaled to a PSNR drawn from `psnr_range`: the attacker picks
     the scale.
@@ -91,12 +93,14 @@ def attack_batch(images, fingerprinted, bits, groups, psnr_range, generator=None
     group_means = torch.stack([residuals[part].mean(0) for part in slices])
     group_bits = torch.stack([bits[part[0]] for part in slices])
     other_group = (group_of + 1) % len(slices)
-    estimated = fingerprinted - median_filter(fingerprinted.detach())
+    median_estimate = fingerprinted - median_filter(fingerprinted.detach())
+    blur_estimate = fingerprinted - modulation.gaussian_blur(fingerprinted.detach(), 1.0)
 
     rows = torch.arange(b, device=device)
-    kind = torch.randint(0, 3, (b,), generator=generator).to(device)
-    pasted = torch.stack([group_means[other_group], residuals[stranger], estimated[stranger]])[kind, rows]
-    pasted_bits = torch.stack([group_bits[other_group], bits[stranger], bits[stranger]])[kind, rows]
+    kind = torch.randint(0, 4, (b,), generator=generator).to(device)
+    pasted = torch.stack([group_means[other_group], residuals[stranger], median_estimate[stranger],
+                          blur_estimate[stranger]])[kind, rows]
+    pasted_bits = torch.stack([group_bits[other_group], bits[stranger], bits[stranger], bits[stranger]])[kind, rows]
     forged = images + at_rms(pasted, psnr_to_rms(uniform(psnr_range, b, generator)).to(images))
 
     kind = torch.randint(0, 2, (b,), generator=generator).to(device)
