@@ -49,6 +49,7 @@ class ModelConfig:
     fingerprint_length: int = 0
     modulation: str = "none"  # "dog": residual signed by the image's own field (modulation.py)
     modulation_mean: list = None  # the field's average over the training data (r x r), subtracted
+    luma_residual: bool = False  # the residual is grey: one change on all three channels
 
 
 # Weights resolve relative to the repository, never the working folder.
@@ -157,6 +158,8 @@ def encode(encoder, config, fingerprints, images):
     else:
         output = encoder(fingerprints, images)
     fingerprinted = images + output if config.encoder_output == "residual" else output
+    if config.luma_residual:
+        fingerprinted = images + (fingerprinted - images).mean(1, keepdim=True)
     if config.modulation == "dog":
         fingerprinted = modulation.modulate(images, fingerprinted - images, field_mean(config, images))
     return fingerprinted

@@ -146,6 +146,9 @@ def build_parser(description=None):
     add("--modulation_mean", action="store_true",
         help="with --modulation dog: subtract the field's average over the training images (stored in the "
              "_config.json), for aligned data such as faces (default off)")
+    add("--luma_residual", action="store_true",
+        help="a grey residual, the same change on the three channels: JPEG's chroma subsampling cannot "
+             "remove it (default off, the published colour residual)")
     add("--forgery_loss_weight", type=float, default=0.0,
         help="weight of the defence against averaging and copy attacks: images forged with another image's "
              "or a group's mean residual must decode to chance, fingerprinted ones stripped of them must "
@@ -313,7 +316,7 @@ def build_models(args):
     recipe = RECIPES[args.recipe]
     config = ModelConfig(encoder_output="image", centred_inputs=recipe["centred_inputs"],
                          resolution=args.image_resolution, fingerprint_length=args.fingerprint_length,
-                         modulation=args.modulation)
+                         modulation=args.modulation, luma_residual=args.luma_residual)
     encoder = StegaStampEncoder(args.image_resolution, 3, args.fingerprint_length)
     decoder = StegaStampDecoder(args.image_resolution, 3, args.fingerprint_length)
     if recipe["he_init"]:
@@ -340,7 +343,7 @@ def load_initial_weights(pair, encoder, decoder, args):
     decoder.load_state_dict(loaded_decoder.state_dict())
     return ModelConfig(encoder_output="image", centred_inputs=config.centred_inputs,
                        resolution=args.image_resolution, fingerprint_length=args.fingerprint_length,
-                       modulation=args.modulation)
+                       modulation=args.modulation, luma_residual=args.luma_residual)
 
 
 @torch.no_grad()
