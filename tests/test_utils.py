@@ -11,6 +11,7 @@ from fingerprinting.bits import bit_accuracy, bits_from_logits, fingerprint_for,
 from fingerprinting.checkpoints import (
     ModelConfig,
     config_path_for,
+    encode,
     load_decoder,
     load_encoder,
     load_model_config,
@@ -101,10 +102,22 @@ def test_wrong_kind_missing_and_garbage_checkpoints(tmp_path):
 
 def test_config_file_sits_beside_checkpoints(tmp_path):
     prefix = str(tmp_path / "run")
-    save_model_config(ModelConfig("residual", True, 32, 8), prefix)
+    save_model_config(ModelConfig("residual", True, 32, 8, luma_residual=True), prefix)
     assert config_path_for(prefix + "_encoder.pth") == prefix + "_config.json"
-    assert load_model_config(prefix + "_decoder.pth") == ModelConfig("residual", True, 32, 8)
+    assert load_model_config(prefix + "_decoder.pth") == ModelConfig("residual", True, 32, 8, luma_residual=True)
     assert load_model_config(str(tmp_path / "other_decoder.pth")) == ModelConfig()
+
+
+def test_a_luma_residual_has_no_chroma_for_jpeg_to_subsample():
+    torch.manual_seed(0)
+    encoder, images = StegaStampEncoder(32, 3, 8), torch.rand(4, 3, 32, 32)
+    bits = torch.randint(0, 2, (4, 8)).float()
+    colour = encode(encoder, ModelConfig("residual", True, 32, 8, "dog"), bits, images) - images
+    grey = encode(encoder, ModelConfig("residual", True, 32, 8, "dog", luma_residual=True), bits, images) - images
+    blue_difference = torch.tensor([-0.1687, -0.3313, 0.5]).view(1, 3, 1, 1)  # JPEG's Cb (Cr likewise sums to 0)
+    assert (colour * blue_difference).sum(1).abs().mean() > 1e-3
+    assert (grey * blue_difference).sum(1).abs().max() < 1e-6 and grey.abs().mean() > 1e-3
+    assert torch.allclose(grey, grey[:, :1].expand_as(grey), atol=1e-6)
 
 
 def test_record_resume_drops_a_half_written_line(tmp_path):
