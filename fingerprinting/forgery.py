@@ -77,8 +77,9 @@ def attack_batch(images, fingerprinted, bits, groups, psnr_range, generator=None
     one of: the mean residual of another group (the averaging attack),
     another image's exact residual (the copy attack by someone holding clean
     and fingerprinted copies) or another image minus its median-filtered or
-    Gaussian-blurred (sigma 1) copy (the copy attack, estimated). Each fingerprinted image is stripped
-    of its group's mean residual or of a group-mate's residual. Every
+    Gaussian-blurred (sigma 1) copy (the copy attack, estimated). Each
+    fingerprinted image is stripped of its group's mean residual or of a
+    group-mate's residual. Every
     pattern is scaled to a PSNR drawn from `psnr_range`: the attacker picks
     the scale.
     """
@@ -100,7 +101,7 @@ def attack_batch(images, fingerprinted, bits, groups, psnr_range, generator=None
     kind = torch.randint(0, 4, (b,), generator=generator).to(device)
     pasted = torch.stack([group_means[other_group], residuals[stranger], median_estimate[stranger],
                           blur_estimate[stranger]])[kind, rows]
-    pasted_bits = torch.stack([group_bits[other_group], bits[stranger], bits[stranger], bits[stranger]])[kind, rows]
+    pasted_bits = torch.where((kind == 0)[:, None], group_bits[other_group], bits[stranger])
     forged = images + at_rms(pasted, psnr_to_rms(uniform(psnr_range, b, generator)).to(images))
 
     kind = torch.randint(0, 2, (b,), generator=generator).to(device)
