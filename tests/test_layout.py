@@ -9,8 +9,8 @@ SCRIPTS = {"train", "embed_fingerprints", "detect_fingerprints", "evaluate", "tr
            "fid", "demo"}
 # The layers of fingerprinting/__init__.py's docstring, lowest first.
 LAYERS = [
-    {"errors", "bits", "modulation", "forgery", "resizing", "sample_images"},
-    {"records", "devices"},
+    {"errors", "bits", "modulation", "resizing", "sample_images"},
+    {"records", "devices", "forgery"},  # forgery's copy estimates blur with modulation's Gaussian
     {"checkpoints", "data"},
     {"perturbations", "evaluation", "steganalysis", "api", "folders", "generators"},
     {"removal", "training", "embedding", "detection"},
