@@ -47,7 +47,7 @@ class ModelConfig:
     centred_inputs: bool = False  # images and bits mapped to [-1, 1] before the networks
     resolution: int = 0
     fingerprint_length: int = 0
-    modulation: str = "none"  # "dog": residual signed by the image's own field (modulation.py)
+    modulation: str = "none"  # "dog" or "fine_dog": residual signed by the image's own field (modulation.py)
     modulation_mean: list = None  # the field's average over the training data (r x r), subtracted
     luma_residual: bool = False  # the residual is grey: one change on all three channels
 
@@ -160,8 +160,9 @@ def encode(encoder, config, fingerprints, images):
     fingerprinted = images + output if config.encoder_output == "residual" else output
     if config.luma_residual:
         fingerprinted = images + (fingerprinted - images).mean(1, keepdim=True)
-    if config.modulation == "dog":
-        fingerprinted = modulation.modulate(images, fingerprinted - images, field_mean(config, images))
+    if config.modulation != "none":
+        fingerprinted = modulation.modulate(images, fingerprinted - images, field_mean(config, images),
+                                            config.modulation)
     return fingerprinted
 
 
@@ -169,8 +170,8 @@ def decode(decoder, config, images, field_gradient=False):
     """Logits (b L) from images (b c h w in [0, 1]). `field_gradient`: let
     gradients flow through the sign field too (an attacker's full gradient;
     training stops them there)."""
-    if config.modulation == "dog":
-        images = modulation.demodulate(images, not field_gradient, field_mean(config, images))
+    if config.modulation != "none":
+        images = modulation.demodulate(images, not field_gradient, field_mean(config, images), config.modulation)
     return decoder(images * 2 - 1 if config.centred_inputs else images)
 
 

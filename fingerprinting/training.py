@@ -141,10 +141,11 @@ def build_parser(description=None):
         help="once the L2 ramp is done, scale the L2 weight up or down to hold the training PSNR at this "
              f"many dB (default {AUGMENT_TARGET_PSNR:g} with --augment, else 0 = off)")
     add("--modulation", choices=modulation.MODES, default="none",
-        help="'dog': sign the residual by the image's own field, so that copied or averaged residuals "
-             "decode to chance (modulation.py; default none, the published encoding)")
+        help="'dog' or 'fine_dog': sign the residual by the image's own field, so that copied or averaged "
+             "residuals decode to chance; fine_dog's finer field agrees by chance between fewer pairs of "
+             "images (modulation.py; default none, the published encoding)")
     add("--modulation_mean", action="store_true",
-        help="with --modulation dog: subtract the field's average over the training images (stored in the "
+        help="with --modulation: subtract the field's average over the training images (stored in the "
              "_config.json), for aligned data such as faces (default off)")
     add("--luma_residual", action="store_true",
         help="a grey residual, the same change on the three channels: JPEG's chroma subsampling cannot "
@@ -608,7 +609,8 @@ def training_mean_field(source, args, context):
     else:
         images = torch.cat([batch for _, batch, _ in data.image_batches(
             source, 256, args.num_workers, list(range(min(len(source), MEAN_FIELD_IMAGES)))) if len(batch)])
-    return [[round(value, 5) for value in row] for row in modulation.mean_field(data.to_float(images))[0, 0].tolist()]
+    field = modulation.mean_field(data.to_float(images), mode=args.modulation)[0, 0]
+    return [[round(value, 5) for value in row] for row in field.tolist()]
 
 
 def run_step(session, batch_images, state):
