@@ -50,6 +50,12 @@ class Victim:
         return (detection.detected.float().mean().item(), bit_accuracy(bits, expected).mean().item(),
                 detection.tampered.float().mean().item())
 
+    @property
+    def field_mode(self):
+        """The victim's sign field as its published config names it ("dog" for unmodulated pairs)."""
+        mode = self.fingerprinter.config.modulation
+        return mode if mode in modulation.BANDS else "dog"
+
     def logits(self, images):
         """Differentiable logits (b L), through the whole decoding (the white-box attacker's view)."""
         return self.fingerprinter.logits(images, field_gradient=True)
@@ -161,16 +167,16 @@ def denoised_averaging_attacks(victim, marked_pool, clean_targets, marked_target
     return rows
 
 
-def scheme_aware_estimate(marked, clean, field_mean=None):
+def scheme_aware_estimate(marked, clean, field_mean=None, mode="dog"):
     """The attacker who has read modulation.py (public code): the residual
     before its sign field, from N fingerprinted and N clean float images
     (n c h w). Each image's deviation from the clean mean, signed by its
     own field, averages to residual x field^2 plus a content term that the
     clean images' own signed deviations cancel. Returns c h w."""
     centre = clean.mean(0, keepdim=True)
-    marked_field = modulation.sign_field(marked, field_mean)
+    marked_field = modulation.sign_field(marked, field_mean, mode)
     signed = ((marked - centre) * marked_field).mean(0) - ((clean - centre) * modulation.sign_field(
-        clean, field_mean)).mean(0)
+        clean, field_mean, mode)).mean(0)
     return signed / marked_field.pow(2).mean(0).clamp_min(1e-3)
 
 
@@ -179,16 +185,17 @@ def scheme_aware_attacks(victim, pool, marked_pool, clean_targets, marked_target
     unsigned residual is estimated, then signed by each target's own field
     before it is added (forge) or subtracted (remove); with and without the
     field's mean over the attacker's clean images subtracted, as
-    --modulation_mean does (he cannot tell which the victim used)."""
-    rows = []
+    --modulation_mean does (he cannot tell which the victim used). The
+    field is the one the victim's published config names."""
+    rows, mode = [], victim.field_mode
     for size in sizes:
         marked = data.to_float(marked_pool[:size])
         clean = data.to_float(pool[size:2 * size])
         for attack, field_mean in (("scheme-aware averaging", None),
-                                   ("scheme-aware averaging, mean field", modulation.mean_field(clean))):
-            residual = scheme_aware_estimate(marked, clean, field_mean)
+                                   ("scheme-aware averaging, mean field", modulation.mean_field(clean, mode=mode))):
+            residual = scheme_aware_estimate(marked, clean, field_mean, mode)
             for goal, sources in (("forge", clean_targets), ("remove", marked_targets)):
-                signed = residual * modulation.sign_field(sources, field_mean)
+                signed = residual * modulation.sign_field(sources, field_mean, mode)
                 rows += sweep(victim, attack, goal, f"N={size}", sources, signed)
     return rows
 
@@ -205,6 +212,31 @@ def copy_attacks(victim, pool, clean_targets, marked_targets, denoisers, bm3d_im
         paired = estimates[torch.arange(len(clean_targets)) % count]
         for goal, targets in (("forge", clean_targets), ("remove", marked_targets)):
             rows += sweep(victim, "copy", goal, denoiser, targets, paired)
+    return rows + nearest_copy_attacks(victim, pool, clean_targets, marked_targets)
+
+
+NEAREST_POOL = 1000  # fingerprinted images the nearest-image copy attack chooses among
+
+
+def structure(images, sigma=3.0):
+    """What an attacker compares to find a look-alike: the luminance minus its
+    blur (a generic high-pass, not the victim's field), unit norm, n x hw."""
+    luminance = images.mean(1, keepdim=True)
+    detail = (luminance - gaussian_denoise(luminance, sigma)).flatten(1)
+    return detail / detail.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+
+def nearest_copy_attacks(victim, pool, clean_targets, marked_targets):
+    """The copy attack from the look-alike: each target takes the estimate
+    (median 3x3) of the fingerprinted pool image whose structure correlates
+    best with its own. A content-keyed residual transfers as far as the two
+    images' fields agree, and look-alikes' fields agree most."""
+    sources = data.to_float(victim.embed(pool[:NEAREST_POOL]))
+    estimates = copy_estimates(sources, "median 3x3")
+    rows = []
+    for goal, targets in (("forge", clean_targets), ("remove", marked_targets)):
+        nearest = (structure(targets) @ structure(sources).T).argmax(1)
+        rows += sweep(victim, "copy, nearest image", goal, "median 3x3", targets, estimates[nearest])
     return rows
 
 

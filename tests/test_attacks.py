@@ -4,11 +4,12 @@ attack_suite.py), and the pieces of the defence against them."""
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
 import attacks
-from fingerprinting import attack_suite, forgery, modulation
+from fingerprinting import attack_suite, forgery, modulation, sample_images
 from fingerprinting.api import Fingerprinter
 from fingerprinting.bits import bit_accuracy
 
@@ -86,21 +87,39 @@ def test_attack_batch_pastes_other_images_residuals_at_the_drawn_psnr():
     assert torch.equal(kept, bits) and stripped.shape == images.shape
 
 
-def test_an_images_own_modulated_residual_comes_back_and_another_images_does_not():
+@pytest.mark.parametrize("mode", modulation.BANDS)
+def test_an_images_own_modulated_residual_comes_back_and_another_images_does_not(mode):
     generator = torch.Generator().manual_seed(0)
     images = modulation.gaussian_blur(torch.rand(64, 3, 32, 32, generator=generator), 1.0)
     residual = 0.03 * torch.randn(1, 3, 32, 32, generator=generator).expand(64, -1, -1, -1)
 
     def recovered(fingerprinted, clean):
-        read = modulation.demodulate(fingerprinted) - modulation.demodulate(clean)
+        read = modulation.demodulate(fingerprinted, mode=mode) - modulation.demodulate(clean, mode=mode)
         return torch.nn.functional.cosine_similarity(read.flatten(1), residual.flatten(1)).mean().item()
 
-    own = modulation.modulate(images, residual)
+    own = modulation.modulate(images, residual, mode=mode)
     copied = images + (own - images).roll(1, 0)  # image i gets image i-1's modulated residual
     averaged = images + (own - images).mean(0, keepdim=True)
     assert recovered(own, images) > 0.6
     assert abs(recovered(copied, images)) < 0.15
     assert abs(recovered(averaged, images)) < 0.3
+
+
+def test_the_fine_field_agrees_by_chance_between_fewer_pairs_of_photos():
+    """A copied residual comes back as much as the two images' fields agree:
+    the spread of that agreement over pairs of real photos is what a copy
+    forgery exploits, and fine_dog's finer field narrows it."""
+    photos = torch.stack([torch.from_numpy(np.array(crop)).permute(2, 0, 1)
+                          for crop in sample_images.sample_crops(200, 32)]).float() / 255
+
+    def pair_spread(mode):
+        fields = modulation.sign_field(photos, mode=mode)
+        fields = (fields - fields.mean(0, keepdim=True)).flatten(1)
+        fields = fields / fields.norm(dim=1, keepdim=True)
+        pairs = fields @ fields.T
+        return pairs[~torch.eye(len(pairs), dtype=torch.bool)].std().item()
+
+    assert pair_spread("fine_dog") < 0.7 * pair_spread("dog")
 
 
 def test_attacks_smoke_run_writes_every_attack(tmp_path):
