@@ -122,11 +122,20 @@ def test_the_fine_field_agrees_by_chance_between_fewer_pairs_of_photos():
     assert pair_spread("fine_dog") < 0.7 * pair_spread("dog")
 
 
+def test_the_look_alike_search_finds_a_slightly_edited_copy_of_each_target():
+    """The nearest-image copy attack's source choice: among other photos, an
+    image's own copy under a little noise is the best match for it."""
+    photos = sample_batch(64).float() / 255
+    noisy = (photos + 0.02 * torch.randn(photos.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    matches = (attack_suite.structure(noisy) @ attack_suite.structure(photos).T).argmax(1)
+    assert (matches == torch.arange(len(photos))).float().mean() >= 0.95
+
+
 def test_attacks_smoke_run_writes_every_attack(tmp_path):
     args = attacks.parse_args(["--smoke", "--output_dir", str(tmp_path), "--cuda", "-1", "--bm3d_images", "1"])
     report = attacks.run(args)
     names = {entry["attack"] for entry in report["rows"]}
-    assert {"averaging", "averaged copy estimates", "copy"} <= names
+    assert {"averaging", "averaged copy estimates", "copy", "copy, nearest image"} <= names
     none = {entry["goal"]: entry for entry in report["rows"] if entry["attack"] == "none"}
     assert none["forge"]["detected"] == 0.0 and none["remove"]["detected"] >= 0.9
     assert {"forge", "remove"} == {entry["goal"] for entry in report["best"]}
