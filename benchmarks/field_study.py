@@ -81,14 +81,14 @@ def study(images, mode):
     floats = data.to_float(images)
     mean = modulation.mean_field(floats, mode=mode)
     fields = unit(modulation.sign_field(floats, mean, mode))
+    itself = torch.eye(len(fields), dtype=torch.bool)
     pairs = fields @ fields.T
-    others = pairs[~torch.eye(len(pairs), dtype=torch.bool)]
-    looks = structure(floats) @ structure(floats).T
-    looks.fill_diagonal_(-2)
-    nearest = pairs[torch.arange(len(pairs)), looks.argmax(1)]
+    others = pairs[~itself]
+    details = structure(floats)
+    look_alike = (details @ details.T).masked_fill(itself, -2).argmax(1)
     row = {"pair std": others.std().item(), "pairs > 0.3": (others > 0.3).float().mean().item(),
-           "look-alike mean": nearest.mean().item(),
-           "best match mean": pairs.masked_fill(torch.eye(len(pairs), dtype=torch.bool), -2).amax(1).mean().item()}
+           "look-alike mean": pairs[torch.arange(len(pairs)), look_alike].mean().item(),
+           "best match mean": pairs.masked_fill(itself, -2).amax(1).mean().item()}
     for name, edit in EDITS.items():
         crop = 0.75 if name.startswith("crop") else None
         row[name] = agreement(floats, data.to_float(edited(images, edit)), mode, mean, crop)

@@ -232,10 +232,10 @@ def nearest_copy_attacks(victim, pool, clean_targets, marked_targets):
     best with its own. A content-keyed residual transfers as far as the two
     images' fields agree, and look-alikes' fields agree most."""
     sources = data.to_float(victim.embed(pool[:NEAREST_POOL]))
-    estimates = copy_estimates(sources, "median 3x3")
+    estimates, source_details = copy_estimates(sources, "median 3x3"), structure(sources)
     rows = []
     for goal, targets in (("forge", clean_targets), ("remove", marked_targets)):
-        nearest = (structure(targets) @ structure(sources).T).argmax(1)
+        nearest = (structure(targets) @ source_details.T).argmax(1)
         rows += sweep(victim, "copy, nearest image", goal, "median 3x3", targets, estimates[nearest])
     return rows
 
