@@ -68,7 +68,7 @@ def agreement(logits, bits):
     return (torch.tanh(logits / scale) * (2 * bits - 1)).mean(1)
 
 
-def attack_batch(images, fingerprinted, bits, groups, psnr_range, generator=None):
+def attack_batch(images, fingerprinted, bits, groups, psnr_range, generator=None, fields=None):
     """Forged and stripped images for the defence's loss, from one training
     batch whose `groups` slices each share a fingerprint (`grouped_bits`).
 
@@ -82,6 +82,12 @@ def attack_batch(images, fingerprinted, bits, groups, psnr_range, generator=None
     group-mate's residual. Every
     pattern is scaled to a PSNR drawn from `psnr_range`: the attacker picks
     the scale.
+
+    `fields` (b 1 h w, each clean image's sign field as the model uses it):
+    the attacker who has read modulation.py is trained against too, forging
+    with another group's residual unsigned by its own fields and re-signed
+    by the target's, and stripping with his own group's (attack_suite's
+    scheme-aware averaging).
     """
     b, device = len(images), images.device
     # Groups of at least two, or a group-mate would be the image itself.
@@ -97,17 +103,31 @@ def attack_batch(images, fingerprinted, bits, groups, psnr_range, generator=None
     median_estimate = fingerprinted - median_filter(fingerprinted.detach())
     blur_estimate = fingerprinted - modulation.gaussian_blur(fingerprinted.detach(), 1.0)
 
+    forgeries = [group_means[other_group], residuals[stranger], median_estimate[stranger], blur_estimate[stranger]]
+    removals = [group_means[group_of], residuals[mate]]
+    if fields is not None:
+        unsigned = unsigned_group_means(residuals, fields, slices)
+        forgeries.append(unsigned[other_group] * fields)
+        removals.append(unsigned[group_of] * fields)
+
     rows = torch.arange(b, device=device)
-    kind = torch.randint(0, 4, (b,), generator=generator).to(device)
-    pasted = torch.stack([group_means[other_group], residuals[stranger], median_estimate[stranger],
-                          blur_estimate[stranger]])[kind, rows]
-    pasted_bits = torch.where((kind == 0)[:, None], group_bits[other_group], bits[stranger])
+    kind = torch.randint(0, len(forgeries), (b,), generator=generator).to(device)
+    pasted = torch.stack(forgeries)[kind, rows]
+    from_group = (kind == 0) | (kind == 4)
+    pasted_bits = torch.where(from_group[:, None], group_bits[other_group], bits[stranger])
     forged = images + at_rms(pasted, psnr_to_rms(uniform(psnr_range, b, generator)).to(images))
 
-    kind = torch.randint(0, 2, (b,), generator=generator).to(device)
-    removed = torch.stack([group_means[group_of], residuals[mate]])[kind, rows]
+    kind = torch.randint(0, len(removals), (b,), generator=generator).to(device)
+    removed = torch.stack(removals)[kind, rows]
     stripped = fingerprinted - at_rms(removed, psnr_to_rms(uniform(psnr_range, b, generator)).to(images))
     return forged.clamp(0, 1), pasted_bits, stripped.clamp(0, 1), bits
+
+
+def unsigned_group_means(residuals, fields, slices):
+    """Each group's residual before its sign field, as the scheme-aware
+    attacker estimates it: mean(residual x field) / mean(field^2) (groups c h w)."""
+    return torch.stack([(residuals[part] * fields[part]).mean(0) / fields[part].pow(2).mean(0).clamp_min(1e-3)
+                        for part in slices])
 
 
 def uniform(bounds, count, generator=None):

@@ -28,6 +28,7 @@ from fingerprinting.checkpoints import (
     decode,
     decoder_resolution,
     encode,
+    field_mean,
     load_checkpoint,
     load_decoder,
     load_encoder,
@@ -154,6 +155,10 @@ def build_parser(description=None):
         help="weight of the defence against averaging and copy attacks: images forged with another image's "
              "or a group's mean residual must decode to chance, fingerprinted ones stripped of them must "
              "keep their bits (forgery.py; default 0 = off)")
+    add("--forgery_scheme_aware", action="store_true",
+        help="with --forgery_loss_weight and --modulation: train against the attacker who has read "
+             "modulation.py too (a group's residual unsigned by its fields, re-signed by the target's; "
+             "default off)")
     add("--fingerprint_groups", type=int, default=None,
         help="slices of each batch that share one fingerprint, as a dataset does (default 4 with "
              "--forgery_loss_weight, else 1 = fresh bits per image)")
@@ -193,6 +198,8 @@ def parse_args(argv=None, description=None):
         parser.error("--jpeg_gradient kornia needs kornia: pip install kornia")
     if args.forgery_loss_weight < 0:
         parser.error("--forgery_loss_weight must be >= 0")
+    if args.forgery_scheme_aware and (not args.forgery_loss_weight or args.modulation == "none"):
+        parser.error("--forgery_scheme_aware needs --forgery_loss_weight > 0 and a --modulation")
     if args.fingerprint_groups is None:
         args.fingerprint_groups = FORGERY_GROUPS if args.forgery_loss_weight else 1
     if args.fingerprint_groups < 1:
@@ -395,8 +402,10 @@ def training_step(models, optimizer, images, bits, weights, args, generator=None
 def defence_loss(decoder, config, images, fingerprinted, bits, args, generator=None):
     """--forgery_loss_weight: forged images (another image's or group's
     residual pasted on) decode to chance; stripped ones keep their bits."""
+    fields = (modulation.sign_field(images, field_mean(config, images), config.modulation)
+              if args.forgery_scheme_aware else None)
     forged, pasted_bits, stripped, kept_bits = forgery.attack_batch(
-        images, fingerprinted.float(), bits, args.fingerprint_groups, FORGERY_PSNR_RANGE, generator)
+        images, fingerprinted.float(), bits, args.fingerprint_groups, FORGERY_PSNR_RANGE, generator, fields)
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=args.bf16):
         logits = decode(decoder, config, torch.cat([forged, stripped])).float()
     forged_logits, stripped_logits = logits.split(len(images))

@@ -24,6 +24,15 @@ def test_averaging_estimate_recovers_a_planted_additive_pattern():
     assert (estimate - pattern).pow(2).mean().sqrt() < 0.3 * pattern.pow(2).mean().sqrt()
 
 
+@pytest.mark.parametrize("denoiser", attack_suite.DENOISERS)
+def test_each_copy_estimate_recovers_a_planted_pattern_from_one_smooth_photo(denoiser):
+    photo = torch.from_numpy(np.array(sample_images.sample_crops(1, 64)[0])).permute(2, 0, 1)[None].float() / 255
+    smooth = modulation.gaussian_blur(photo, 2.0)
+    pattern = 0.03 * torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    estimate = attack_suite.copy_estimates((smooth + pattern).clamp(0, 1), denoiser)
+    assert torch.nn.functional.cosine_similarity(estimate.flatten(), pattern.flatten(), dim=0) > 0.5
+
+
 class AdditiveToy:
     """A purely additive watermark (the same pattern on every image) with a
     correlation detector: what the averaging attack was made for."""
@@ -85,6 +94,28 @@ def test_attack_batch_pastes_other_images_residuals_at_the_drawn_psnr():
     for index in range(16):  # each forgery carries another group's or another image's fingerprint
         assert not torch.equal(pasted_bits[index], bits[index]) or index // 4 != (index + 4) % 16 // 4
     assert torch.equal(kept, bits) and stripped.shape == images.shape
+
+
+def test_attack_batch_with_fields_pastes_the_unsigned_group_residual_signed_by_the_target():
+    """The scheme-aware kind: a shared pre-field residual, modulated on each
+    image, is recovered from a group and re-signed by the target's own field."""
+    generator = torch.Generator().manual_seed(0)
+    images = modulation.gaussian_blur(torch.rand(16, 3, 32, 32, generator=generator), 1.0)
+    fields = modulation.sign_field(images)
+    shared = 0.03 * torch.randn(1, 3, 32, 32, generator=generator)
+    fingerprinted = modulation.modulate(images, shared.expand(16, -1, -1, -1))
+    bits = forgery.grouped_bits(torch.randint(0, 2, (16, 100), generator=generator).float(), 4)
+    unsigned = forgery.unsigned_group_means(fingerprinted - images, fields, torch.arange(16).tensor_split(4))
+    assert torch.nn.functional.cosine_similarity(unsigned.flatten(1), shared.flatten(1)).min() > 0.9
+    signed_forgeries = 0
+    for seed in range(8):
+        forged, pasted_bits, _, _ = forgery.attack_batch(images, fingerprinted, bits, 4, (30.0, 30.0),
+                                                         torch.Generator().manual_seed(seed), fields)
+        pasted = (forged - images).flatten(1)
+        like_target = torch.nn.functional.cosine_similarity(pasted, (shared * fields).flatten(1))
+        signed_forgeries += int((like_target > 0.8).sum())
+        assert not any(torch.equal(pasted_bits[i], bits[i]) for i in range(16))
+    assert signed_forgeries > 8  # about one in five forgeries is the scheme-aware one
 
 
 @pytest.mark.parametrize("mode", modulation.BANDS)

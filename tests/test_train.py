@@ -77,6 +77,24 @@ def test_bf16_on_cpu_refuses_16x16(tmp_path, sample_folder):
         training.train(train_args(sample_folder, tmp_path, "--image_resolution", "16", "--bf16", "--max_steps", "1"))
 
 
+def test_a_run_under_the_forgery_defence_logs_it_and_stores_its_field(tmp_path, sample_folder, monkeypatch):
+    monkeypatch.setattr(training, "L2_ACTIVATION_ACCURACY", 0.0)  # the defence starts at step 1
+    final, prefix = training.train(train_args(
+        sample_folder, tmp_path, "--image_resolution", "16", "--fingerprint_length", "8", "--batch_size", "8",
+        "--num_holdout", "4", "--max_steps", "4", "--log_interval", "2", "--modulation", "fine_dog",
+        "--modulation_mean", "--forgery_loss_weight", "1", "--forgery_scheme_aware"))
+    assert 0 <= final["forged_bit_acc"] <= 1 and 0 <= final["stripped_bit_acc"] <= 1
+    config = load_model_config(prefix + "_encoder.pth")
+    assert config.modulation == "fine_dog" and torch.tensor(config.modulation_mean).shape == (16, 16)
+
+
+def test_the_scheme_aware_defence_needs_the_defence_and_a_field(tmp_path, capsys):
+    for extra in ([], ["--forgery_loss_weight", "1"]):
+        with pytest.raises(SystemExit):
+            train_args(tmp_path, tmp_path, "--forgery_scheme_aware", *extra)
+        assert "--forgery_scheme_aware needs" in capsys.readouterr().err
+
+
 def final_weights(prefix):
     return {**load_checkpoint(prefix + "_encoder.pth"), **load_checkpoint(prefix + "_decoder.pth")}
 
