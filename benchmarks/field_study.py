@@ -5,7 +5,7 @@ Security: a copy forgery transfers as far as the source's and the target's
 fields agree, so the spread of the field correlation over pairs of images
 matters (its std, the share of pairs above 0.3), and most of all the
 correlation with the look-alike that the nearest-image copy attacker picks
-(attack_suite.structure) among the other images, and the best-matching
+(forgery.structure) among the other images, and the best-matching
 field among them (an attacker who computes the fields). Robustness: the cosine
 between the field of an edited image and the original's (for a crop, the
 same crop of the original's field), through Pillow's JPEG, blur, noise and
@@ -28,7 +28,7 @@ sys.path.insert(0, ROOT)
 
 from fingerprinting import data, file_changes, modulation  # noqa: E402
 from fingerprinting.api import pixels_to_pil  # noqa: E402
-from fingerprinting.attack_suite import structure  # noqa: E402
+from fingerprinting.forgery import structure  # noqa: E402
 
 EDITS = {
     "jpeg 95": file_changes.jpeg_in_memory(95),

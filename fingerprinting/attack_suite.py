@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from fingerprinting import data, evaluation, forgery, modulation, removal
@@ -96,17 +95,6 @@ def row(victim, attack, goal, setting, strength, attacked, sources):
 
 # --- estimates of the fingerprint ------------------------------------------------------
 
-def gaussian_denoise(images, sigma=1.0):
-    size = 2 * round(2 * sigma) + 1
-    coords = torch.arange(size, dtype=torch.float32) - size // 2
-    kernel = torch.exp(-coords ** 2 / (2 * sigma ** 2))
-    kernel = (kernel / kernel.sum()).to(images)
-    channels = images.shape[1]
-    padded = F.pad(images, (size // 2,) * 4, mode="reflect")
-    blurred = F.conv2d(padded, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
-    return F.conv2d(blurred, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
-
-
 def bm3d_denoise(images, sigma=0.02):
     """BM3D (the `bm3d` package; requirements-attacks.txt) per image, noise std `sigma`."""
     import bm3d
@@ -127,7 +115,7 @@ def tv_denoise(images, weight=0.1):
 
 DENOISERS = {
     "median 3x3": lambda images: forgery.median_filter(images, 3),
-    "gaussian sigma 1": gaussian_denoise,
+    "gaussian sigma 1": forgery.gaussian_denoise,
     "tv 0.1": tv_denoise,
     "bm3d sigma 0.02": bm3d_denoise,
 }
@@ -229,24 +217,16 @@ def copy_attacks(victim, pool, clean_targets, marked_targets, denoisers, bm3d_im
 NEAREST_POOL = 1000  # fingerprinted images the nearest-image copy attack chooses among
 
 
-def structure(images, sigma=3.0):
-    """What an attacker compares to find a look-alike: the luminance minus its
-    blur (a generic high-pass, not the victim's field), unit norm, n x hw."""
-    luminance = images.mean(1, keepdim=True)
-    detail = (luminance - gaussian_denoise(luminance, sigma)).flatten(1)
-    return detail / detail.norm(dim=1, keepdim=True).clamp_min(1e-8)
-
-
 def nearest_copy_attacks(victim, pool, clean_targets, marked_targets):
     """The copy attack from the look-alike: each target takes the estimate
     (median 3x3) of the fingerprinted pool image whose structure correlates
     best with its own. A content-keyed residual transfers as far as the two
     images' fields agree, and look-alikes' fields agree most."""
     sources = data.to_float(victim.embed(pool[:NEAREST_POOL]))
-    estimates, source_details = copy_estimates(sources, "median 3x3"), structure(sources)
+    estimates, source_details = copy_estimates(sources, "median 3x3"), forgery.structure(sources)
     rows = []
     for goal, targets in (("forge", clean_targets), ("remove", marked_targets)):
-        nearest = (structure(targets) @ source_details.T).argmax(1)
+        nearest = (forgery.structure(targets) @ source_details.T).argmax(1)
         rows += sweep(victim, "copy, nearest image", goal, "median 3x3", targets, estimates[nearest])
     return rows
 

@@ -30,6 +30,25 @@ def median_filter(images, size=3):
     return windows.flatten(-2).median(-1).values
 
 
+def gaussian_denoise(images, sigma=1.0):
+    size = 2 * round(2 * sigma) + 1
+    coords = torch.arange(size, dtype=torch.float32) - size // 2
+    kernel = torch.exp(-coords ** 2 / (2 * sigma ** 2))
+    kernel = (kernel / kernel.sum()).to(images)
+    channels = images.shape[1]
+    padded = F.pad(images, (size // 2,) * 4, mode="reflect")
+    blurred = F.conv2d(padded, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+    return F.conv2d(blurred, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+
+
+def structure(images, sigma=3.0):
+    """What an attacker compares to find a look-alike: the luminance minus its
+    blur (a generic high-pass, not the victim's field), unit norm, n x hw."""
+    luminance = images.mean(1, keepdim=True)
+    detail = (luminance - gaussian_denoise(luminance, sigma)).flatten(1)
+    return detail / detail.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+
 def rms(tensor, dims):
     """Root mean square over `dims`, kept for broadcasting."""
     return tensor.pow(2).mean(dims, keepdim=True).sqrt()
@@ -68,7 +87,7 @@ def agreement(logits, bits):
     return (torch.tanh(logits / scale) * (2 * bits - 1)).mean(1)
 
 
-def attack_batch(images, fingerprinted, bits, groups, psnr_range, generator=None, fields=None):
+def attack_batch(images, fingerprinted, bits, groups, psnr_range, generator=None, fields=None, look_alikes=False):
     """Forged and stripped images for the defence's loss, from one training
     batch whose `groups` slices each share a fingerprint (`grouped_bits`).
 
@@ -88,6 +107,10 @@ def attack_batch(images, fingerprinted, bits, groups, psnr_range, generator=None
     with another group's residual unsigned by its own fields and re-signed
     by the target's, and stripping with his own group's (attack_suite's
     scheme-aware averaging).
+
+    `look_alikes`: also forge each image with the exact residual of the
+    batch's image whose structure looks most like it (attack_suite's copy
+    from the nearest look-alike, whose field agrees most).
     """
     b, device = len(images), images.device
     # Groups of at least two, or a group-mate would be the image itself.
@@ -105,22 +128,34 @@ def attack_batch(images, fingerprinted, bits, groups, psnr_range, generator=None
 
     forgeries = [group_means[other_group], residuals[stranger], median_estimate[stranger], blur_estimate[stranger]]
     removals = [group_means[group_of], residuals[mate]]
+    pasted_from = [group_bits[other_group]] + [bits[stranger]] * 3  # the bits each forgery carries
     if fields is not None:
         unsigned = unsigned_group_means(residuals, fields, slices)
         forgeries.append(unsigned[other_group] * fields)
+        pasted_from.append(group_bits[other_group])
         removals.append(unsigned[group_of] * fields)
+    if look_alikes:
+        nearest = look_alike_in_batch(images)
+        forgeries.append(residuals[nearest])
+        pasted_from.append(bits[nearest])
 
     rows = torch.arange(b, device=device)
     kind = torch.randint(0, len(forgeries), (b,), generator=generator).to(device)
     pasted = torch.stack(forgeries)[kind, rows]
-    from_group = (kind == 0) | (kind == 4)
-    pasted_bits = torch.where(from_group[:, None], group_bits[other_group], bits[stranger])
+    pasted_bits = torch.stack(pasted_from)[kind, rows]
     forged = images + at_rms(pasted, psnr_to_rms(uniform(psnr_range, b, generator)).to(images))
 
     kind = torch.randint(0, len(removals), (b,), generator=generator).to(device)
     removed = torch.stack(removals)[kind, rows]
     stripped = fingerprinted - at_rms(removed, psnr_to_rms(uniform(psnr_range, b, generator)).to(images))
     return forged.clamp(0, 1), pasted_bits, stripped.clamp(0, 1), bits
+
+
+def look_alike_in_batch(images):
+    """For each image, the index of the other image of the batch whose structure correlates best (b)."""
+    details = structure(images)
+    similarity = details @ details.T
+    return similarity.fill_diagonal_(-2.0).argmax(1)
 
 
 def unsigned_group_means(residuals, fields, slices):

@@ -159,6 +159,9 @@ def build_parser(description=None):
         help="with --forgery_loss_weight and --modulation: train against the attacker who has read "
              "modulation.py too (a group's residual unsigned by its fields, re-signed by the target's; "
              "default off)")
+    add("--forgery_look_alikes", action="store_true",
+        help="with --forgery_loss_weight: also forge each image with the residual of the batch's most "
+             "look-alike image, as the copy attack from the nearest look-alike does (default off)")
     add("--fingerprint_groups", type=int, default=None,
         help="slices of each batch that share one fingerprint, as a dataset does (default 4 with "
              "--forgery_loss_weight, else 1 = fresh bits per image)")
@@ -200,6 +203,8 @@ def parse_args(argv=None, description=None):
         parser.error("--forgery_loss_weight must be >= 0")
     if args.forgery_scheme_aware and (not args.forgery_loss_weight or args.modulation == "none"):
         parser.error("--forgery_scheme_aware needs --forgery_loss_weight > 0 and a --modulation")
+    if args.forgery_look_alikes and not args.forgery_loss_weight:
+        parser.error("--forgery_look_alikes needs --forgery_loss_weight > 0")
     if args.fingerprint_groups is None:
         args.fingerprint_groups = FORGERY_GROUPS if args.forgery_loss_weight else 1
     if args.fingerprint_groups < 1:
@@ -405,7 +410,8 @@ def defence_loss(decoder, config, images, fingerprinted, bits, args, generator=N
     fields = (modulation.sign_field(images, field_mean(config, images), config.modulation)
               if args.forgery_scheme_aware else None)
     forged, pasted_bits, stripped, kept_bits = forgery.attack_batch(
-        images, fingerprinted.float(), bits, args.fingerprint_groups, FORGERY_PSNR_RANGE, generator, fields)
+        images, fingerprinted.float(), bits, args.fingerprint_groups, FORGERY_PSNR_RANGE, generator, fields,
+        args.forgery_look_alikes)
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=args.bf16):
         logits = decode(decoder, config, torch.cat([forged, stripped])).float()
     forged_logits, stripped_logits = logits.split(len(images))

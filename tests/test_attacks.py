@@ -118,6 +118,26 @@ def test_attack_batch_with_fields_pastes_the_unsigned_group_residual_signed_by_t
     assert signed_forgeries > 8  # about one in five forgeries is the scheme-aware one
 
 
+def test_attack_batch_with_look_alikes_pastes_the_residual_of_the_most_alike_image():
+    generator = torch.Generator().manual_seed(0)
+    photos = torch.from_numpy(np.stack([np.array(crop) for crop in sample_images.sample_crops(8, 32)]))
+    photos = photos.permute(0, 3, 1, 2).float() / 255
+    twins = (photos + 0.01 * torch.randn(photos.shape, generator=generator)).clamp(0, 1)
+    images = torch.cat([photos, twins])  # image i and i + 8 look alike
+    assert torch.equal(forgery.look_alike_in_batch(images), torch.arange(16).roll(8))
+    residuals = 0.02 * torch.randn(images.shape, generator=generator)
+    bits = torch.randint(0, 2, (16, 100), generator=generator).float()
+    found = 0
+    for seed in range(8):
+        forged, pasted_bits, _, _ = forgery.attack_batch(images, images + residuals, bits, 1, (30.0, 30.0),
+                                                         torch.Generator().manual_seed(seed), look_alikes=True)
+        pasted = (forged - images).flatten(1)
+        from_twin = torch.nn.functional.cosine_similarity(pasted, residuals.roll(8, 0).flatten(1)) > 0.9
+        assert torch.equal(pasted_bits[from_twin], bits.roll(8, 0)[from_twin])
+        found += int(from_twin.sum())
+    assert found > 8  # about one forgery in five
+
+
 @pytest.mark.parametrize("mode", modulation.BANDS)
 def test_an_images_own_modulated_residual_comes_back_and_another_images_does_not(mode):
     generator = torch.Generator().manual_seed(0)
@@ -158,7 +178,7 @@ def test_the_look_alike_search_finds_a_slightly_edited_copy_of_each_target():
     image's own copy under a little noise is the best match for it."""
     photos = sample_batch(64).float() / 255
     noisy = (photos + 0.02 * torch.randn(photos.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
-    matches = (attack_suite.structure(noisy) @ attack_suite.structure(photos).T).argmax(1)
+    matches = (forgery.structure(noisy) @ forgery.structure(photos).T).argmax(1)
     assert (matches == torch.arange(len(photos))).float().mean() >= 0.95
 
 

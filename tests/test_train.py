@@ -82,17 +82,20 @@ def test_a_run_under_the_forgery_defence_logs_it_and_stores_its_field(tmp_path, 
     final, prefix = training.train(train_args(
         sample_folder, tmp_path, "--image_resolution", "16", "--fingerprint_length", "8", "--batch_size", "8",
         "--num_holdout", "4", "--max_steps", "4", "--log_interval", "2", "--modulation", "fine_dog",
-        "--modulation_mean", "--forgery_loss_weight", "1", "--forgery_scheme_aware"))
+        "--modulation_mean", "--forgery_loss_weight", "1", "--forgery_scheme_aware", "--forgery_look_alikes"))
     assert 0 <= final["forged_bit_acc"] <= 1 and 0 <= final["stripped_bit_acc"] <= 1
     config = load_model_config(prefix + "_encoder.pth")
     assert config.modulation == "fine_dog" and torch.tensor(config.modulation_mean).shape == (16, 16)
 
 
-def test_the_scheme_aware_defence_needs_the_defence_and_a_field(tmp_path, capsys):
+def test_the_defence_options_need_the_defence(tmp_path, capsys):
     for extra in ([], ["--forgery_loss_weight", "1"]):
         with pytest.raises(SystemExit):
             train_args(tmp_path, tmp_path, "--forgery_scheme_aware", *extra)
         assert "--forgery_scheme_aware needs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_args(tmp_path, tmp_path, "--forgery_look_alikes")
+    assert "--forgery_look_alikes needs" in capsys.readouterr().err
 
 
 def final_weights(prefix):
