@@ -99,8 +99,7 @@ def bm3d_denoise(images, sigma=0.02):
     """BM3D (the `bm3d` package; requirements-attacks.txt) per image, noise std `sigma`."""
     import bm3d
 
-    out = [bm3d.bm3d_rgb(image.permute(1, 2, 0).numpy().astype(np.float64), sigma) for image in images]
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().clamp(0, 1)
+    return per_image(lambda image: bm3d.bm3d_rgb(image, sigma), images)
 
 
 def tv_denoise(images, weight=0.1):
@@ -108,8 +107,12 @@ def tv_denoise(images, weight=0.1):
     strongest copy estimate of those tried on cifar10_32_v4 (docs/security.md §11)."""
     from skimage.restoration import denoise_tv_chambolle
 
-    out = [denoise_tv_chambolle(image.permute(1, 2, 0).numpy().astype(np.float64), weight=weight, channel_axis=-1)
-           for image in images]
+    return per_image(lambda image: denoise_tv_chambolle(image, weight=weight, channel_axis=-1), images)
+
+
+def per_image(denoise, images):
+    """A NumPy denoiser of one h w c float64 image, applied to each float image of n c h w."""
+    out = [denoise(image.permute(1, 2, 0).numpy().astype(np.float64)) for image in images]
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().clamp(0, 1)
 
 
