@@ -54,7 +54,7 @@ import time
 
 import torch
 
-from fingerprinting import Fingerprinter, attack_suite, data, folders, generators, steganalysis, training
+from fingerprinting import Fingerprinter, attack_suite, data, embedding, folders, generators, steganalysis, training
 from fingerprinting.bits import fingerprint_for, max_tampered_matching_bits, min_matching_bits
 from fingerprinting.devices import select_device
 from fingerprinting.errors import UserError
@@ -102,6 +102,9 @@ def parse_args(argv=None):
         help="training steps of the clean-vs-fingerprinted classifier (default 1000)")
     add("--fpr", type=float, default=1e-6, help="false-positive rate of the detection test (default 1e-6)")
     add("--seed", type=int, default=42, help="fingerprint seed, as embed_fingerprints.py's (default 42)")
+    add("--residual_mean", choices=embedding.RESIDUAL_MEAN_CHOICES, default="auto",
+        help="embed as embed_fingerprints.py --identical_fingerprints --residual_mean does, the mean taken over the "
+             "attacker's pool (the published set); default auto: as the model's config says")
     add("--cuda", type=int, default=0, help="CUDA device index; -1 or no GPU = CPU (default 0)")
     add("--smoke", action="store_true", help="tiny sizes (shipped cifar10_32 unless told): plumbing only")
     args = parser.parse_args(argv)
@@ -198,6 +201,8 @@ def run(args):
                                    regeneration_steps=args.regeneration_steps, pgd_steps=args.pgd_steps,
                                    generated=generated, surrogate=surrogate, classifier=classifier, seed=args.seed)
     victim = attack_suite.Victim(fingerprinter, fingerprint, args.fpr)
+    residual_mean_rms = (victim.take_out_residual_mean(pool)
+                         if embedding.takes_out_mean(args.residual_mean, fingerprinter) else None)
     rows, trained = attack_suite.run_attacks(victim, targets, pool, options)
     surrogate_classifier = (classifier_scores(classifier, targets, generated[:args.num_targets], victim, device)
                             if classifier is not None else None)
@@ -205,7 +210,8 @@ def run(args):
                   min_matching_bits=min_matching_bits(length, args.fpr),
                   max_tampered_matching_bits=max_tampered_matching_bits(length, args.fpr), fpr=args.fpr,
                   targets=args.num_targets, pool=len(pool), sizes=sizes, denoisers=denoisers, attacker_pair=made,
-                  trained=trained, classifier=surrogate_classifier, rows=rows, best=attack_suite.best_attacks(rows),
+                  residual_mean_rms=residual_mean_rms, trained=trained, classifier=surrogate_classifier, rows=rows,
+                  best=attack_suite.best_attacks(rows),
                   seconds=time.time() - started, smoke=args.smoke, args=vars(args))
     write_json(report, os.path.join(args.output_dir, "attacks.json"))
     write_markdown(report, os.path.join(args.output_dir, "attacks.md"))
@@ -249,7 +255,9 @@ def write_markdown(report, path):
              f"pool of {report['pool']}; {report['seconds'] / 60:.1f} min. 'detected': the share of attacked "
              "images that carry the fingerprint for the detector (a forgery succeeds where it is high, a removal "
              f"where it is low); 'tampered': the share with <= {report['max_tampered_matching_bits']} matching "
-             "bits, as unlikely on a clean image; PSNR and SSIM against the image attacked.\n",
+             "bits, as unlikely on a clean image; PSNR and SSIM against the image attacked."
+             + (f" Embedded as embed_fingerprints.py embeds a folder: less the mean residual over the pool (RMS "
+                f"{report['residual_mean_rms']:.4f})." if report["residual_mean_rms"] is not None else "") + "\n",
              "## The attacker's best, every image kept at >= 30 dB\n", *table(report["best"]),
              *([f"\nThe attacker's own pair: `{report['attacker_pair']['command']}`"] if report["attacker_pair"]
                else []),

@@ -32,6 +32,8 @@ def main(args):
         line += f", PSNR {summary['psnr']:.2f} dB"
     if "bit_accuracy" in summary:
         line += f", bit accuracy of the saved PNGs {summary['bit_accuracy']:.4f}"
+    if summary["residual_mean_rms"] is not None:
+        line += f"; the fingerprint's mean residual over the folder (RMS {summary['residual_mean_rms']:.4f}) taken out"
     if summary["skipped"]:
         line += f"; skipped {summary['skipped']} unreadable file(s), see {args.output_dir}/skipped.txt"
     print(f"{line}\noutputs: {args.output_dir}/{IMAGE_FOLDER}/, {args.output_dir}/{RECORD_FILE}")

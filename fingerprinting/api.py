@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fingerprinting import data, resizing
+from fingerprinting import data, modulation, resizing
 from fingerprinting.bits import (
     binomial_p_values,
     bit_accuracy,
@@ -95,6 +95,8 @@ class Fingerprinter:
         self.fingerprint_length = network.fingerprint_size
         self.encoder_batch = sub_batch_size(self.encoder, self.device) if encoder else None
         self.decoder_batch = sub_batch_size(self.decoder, self.device) if decoder else None
+        # Subtracted from every residual the encoder makes (`fit_residual_mean`): None, or 1 c r r.
+        self.residual_mean = None
 
     @classmethod
     def load(cls, model, device="cpu", decoder_only=False):
@@ -247,10 +249,40 @@ class Fingerprinter:
                           for start in range(0, len(views), BATCH_SIZE)])
 
     def encode(self, views, bits):
-        """The encoder on model-size images (b c r r in [0, 1]) and bits (b L): fingerprinted, clamped."""
+        """The encoder on model-size images (b c r r in [0, 1]) and bits (b L):
+        fingerprinted, less `residual_mean` when fitted, clamped."""
         views = views.contiguous(memory_format=torch.channels_last)
-        return in_sub_batches(lambda v, b: encode(self.encoder, self.config, b, v), self.encoder_batch)(
-            views, bits).clamp(0, 1)
+        marked = in_sub_batches(lambda v, b: encode(self.encoder, self.config, b, v), self.encoder_batch)(views, bits)
+        return (marked if self.residual_mean is None else marked - self.residual_mean).clamp(0, 1)
+
+    @property
+    def is_content_keyed(self):
+        """Whether the residual is signed by each image's own field (the v2+ pairs'
+        `modulation`): only then may its mean over images be taken out."""
+        return self.config.modulation in modulation.BANDS
+
+    def fit_residual_mean(self, view_batches, fingerprint):
+        """Take the mean residual of one fingerprint over a set of images out of
+        every later embedding (`encode`), so that no average of those images
+        holds the fingerprint: the mean of many fingerprinted images minus the
+        mean of clean ones (the averaging attack) then estimates nothing. A
+        content-keyed pair's own signal is signed by each image's field and
+        averages out anyway (its bits read back as before); an additive pair's
+        *is* that mean, so it is refused. `view_batches`: model-size float
+        images (b c r r), batch by batch. Returns the mean's RMS."""
+        if not self.is_content_keyed:
+            raise UserError("taking out the mean residual needs a content-keyed pair (a modulation in its config)")
+        self.residual_mean, total, count = None, 0, 0
+        with torch.inference_mode():
+            for views in view_batches:
+                views = views.to(self.device)
+                bits = self.fingerprint_bits(fingerprint, len(views))
+                total = total + (self.encode_in_batches(views, bits) - views).sum(0, keepdim=True)
+                count += len(views)
+        if not count:
+            raise UserError("no images to take the mean residual over")
+        self.residual_mean = total / count
+        return self.residual_mean.pow(2).mean().sqrt().item()
 
     def logits(self, views, field_gradient=False):
         """The decoder's logits (b L) for model-size images (b c r r in [0, 1]);

@@ -37,6 +37,13 @@ class Victim:
         self.fingerprint = fingerprint.to(torch.uint8)  # L
         self.fpr = fpr
 
+    def take_out_residual_mean(self, published):
+        """Embed as embed_fingerprints.py does a folder with one fingerprint:
+        less the mean residual over `published` (uint8 n c r r, the data set
+        the attacker draws from). Returns its RMS."""
+        batches = (data.to_float(published[start:start + 256]) for start in range(0, len(published), 256))
+        return self.fingerprinter.fit_residual_mean(batches, self.fingerprint)
+
     def embed(self, images):
         """Fingerprinted uint8 images (n c r r) from clean uint8 ones, as the saved PNGs."""
         return evaluation.fingerprinted_images(self.fingerprinter, self.fingerprint.expand(len(images), -1), images)

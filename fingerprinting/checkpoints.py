@@ -50,6 +50,8 @@ class ModelConfig:
     modulation: str = "none"  # "dog" or "fine_dog": residual signed by the image's own field (modulation.py)
     modulation_mean: list = None  # the field's average over the training data (r x r), subtracted
     luma_residual: bool = False  # the residual is grey: one change on all three channels
+    # embed a one-fingerprint folder less its mean residual (content-keyed pairs; docs/security.md §12)
+    folder_mean_residual: bool = False
 
 
 # Weights resolve relative to the repository, never the working folder.

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from fingerprinting import data, evaluation, folders, resizing
 from fingerprinting.api import MIN_READ_BACK, Fingerprinter
@@ -18,6 +19,7 @@ from fingerprinting.records import TEMP_PREFIX, fingerprint_line
 from models import check_resolution
 
 RECORD_FILE = "embedded_fingerprints.txt"
+RESIDUAL_MEAN_CHOICES = ("auto", "keep", "take_out")
 IMAGE_FOLDER = "fingerprinted_images"
 
 
@@ -28,6 +30,10 @@ def parse_args(argv=None, description=None):
     add("--encoder_path", default=None, help="encoder checkpoint (*_encoder.pth)")
     folders.add_model_argument(parser)
     add("--identical_fingerprints", action="store_true", help="the same fingerprint in every image (to train a GAN on)")
+    add("--residual_mean", choices=RESIDUAL_MEAN_CHOICES, default="auto",
+        help="with --identical_fingerprints and a content-keyed pair (v2 and later): take_out fits the fingerprint's "
+             "mean residual over the folder in a first pass and leaves it out of every image, against the averaging "
+             "attack; keep does not; auto (default) does what the model's config says (celeba_64_v3: take_out)")
     add("--strength", type=float, default=1.0,
         help="scale of the embedded residual: lower is cleaner and less robust (default 1.0)")
     add("--min_read_back", type=float, default=MIN_READ_BACK,
@@ -49,6 +55,8 @@ def parse_args(argv=None, description=None):
         parser.error("--min_read_back must be in [0, 1]")
     if not 1 <= args.quality <= 100:
         parser.error("--quality must be in 1..100")
+    if args.residual_mean == "take_out" and not args.identical_fingerprints:
+        parser.error("--residual_mean take_out needs --identical_fingerprints (one fingerprint to take the mean of)")
     folders.validate_input_arguments(parser, args)
     return args
 
@@ -118,6 +126,7 @@ def embed_folder(args):
     if context.is_main:
         remove_partial_files(images_dir)
     barrier(context)
+    residual_mean_rms = take_out_residual_mean(args, fingerprinter, dataset, device)
     psnrs, accuracies = [], []
 
     def fingerprint_batch(indices, images):
@@ -137,19 +146,42 @@ def embed_folder(args):
                                       "embedding")
     results.update(psnr=torch.cat(psnrs).tolist() if psnrs else [],
                    bit_accuracy=torch.cat(accuracies).tolist() if accuracies else [])
-    return folders.finish(args, context, names, RECORD_FILE, results)
+    return dict(folders.finish(args, context, names, RECORD_FILE, results), residual_mean_rms=residual_mean_rms)
+
+
+def take_out_residual_mean(args, fingerprinter, dataset, device):
+    """With one fingerprint for the whole folder and --residual_mean (`takes_out_mean`),
+    a first pass over every image of the folder fits the mean residual that
+    each embedding then leaves out (`Fingerprinter.fit_residual_mean`), the
+    same on every rank and on a resumed run. Returns its RMS, or None."""
+    if not (args.identical_fingerprints and takes_out_mean(args.residual_mean, fingerprinter)):
+        return None
+    fingerprint = fingerprint_for(0, fingerprinter.fingerprint_length, args.seed, identical=True)
+    batches = tqdm(data.image_batches(dataset, args.batch_size, args.num_workers), desc="mean residual",
+                   unit="batch", mininterval=1.0)
+    return fingerprinter.fit_residual_mean((batch_views(fingerprinter, images, device)[1]
+                                            for _, images, _ in batches if len(images)), torch.from_numpy(fingerprint))
+
+
+def takes_out_mean(choice, fingerprinter):
+    """Whether --residual_mean `choice` takes the mean residual out for this pair."""
+    return choice == "take_out" or (choice == "auto" and fingerprinter.config.folder_mean_residual)
+
+
+def batch_views(fingerprinter, images, device):
+    """(source images, their model views b c r r) of a batch: uint8 b c h w, or
+    a data.NativeBatch (--keep_size)."""
+    if isinstance(images, data.NativeBatch):
+        return images.pixels, images.views.to(device, non_blocking=True)
+    return images, torch.stack([resizing.model_view(image.unsqueeze(0), fingerprinter.resolution)[0]
+                                for image in folders.model_input(images, device)])
 
 
 def fingerprint_images(fingerprinter, images, fingerprints, args, device):
     """(the uint8 images to save, a list of c h w; their PSNR at their own
     size, b) for a batch: uint8 b c h w, or a data.NativeBatch (--keep_size),
     at args.strength, with args.min_read_back."""
-    if isinstance(images, data.NativeBatch):
-        sources, views = images.pixels, images.views.to(device, non_blocking=True)
-    else:
-        sources = images
-        views = torch.stack([resizing.model_view(image.unsqueeze(0), fingerprinter.resolution)[0]
-                             for image in folders.model_input(images, device)])
+    sources, views = batch_views(fingerprinter, images, device)
     marked = list(fingerprinter.marked_pixels(sources, views, fingerprints.float().to(device), args.strength,
                                               args.min_read_back))
     psnrs = [evaluation.psnr_of_squared_levels(squared.cpu(), image.numel()) for image, squared in marked]

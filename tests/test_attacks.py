@@ -265,3 +265,22 @@ def test_the_waves_classifier_transfer_reports_what_its_surrogate_sees(tmp_path)
     assert held_out["low"] <= held_out["accuracy"] <= held_out["high"] and held_out["images"] == 2 * args.num_targets
     assert 0 <= report["classifier"]["fingerprinted_real_called_fingerprinted"] <= 1
     assert "WAVES surrogate" in (tmp_path / "out" / "attacks.md").read_text()
+
+
+def test_a_pool_embedded_less_its_mean_residual_gives_the_averaging_attack_nothing():
+    """The defence of docs/security.md §12 on a content-keyed pair: the mean of
+    the fingerprinted pool minus the mean of the clean one (the averaging
+    estimate) shrinks to the 8-bit rounding, while each image keeps its bits."""
+    fingerprint = torch.randint(0, 2, (100,), generator=torch.Generator().manual_seed(1))
+    victim = attack_suite.Victim(Fingerprinter.load("cifar10_32_v4"), fingerprint, fpr=1e-6)
+    pool = torch.stack([torch.from_numpy(np.array(crop)).permute(2, 0, 1)
+                        for crop in sample_images.sample_crops(96, 32, seed=4)])
+
+    def estimate():
+        marked = victim.embed(pool).float() / 255
+        return (marked - pool.float() / 255).mean(0).pow(2).mean().sqrt().item(), victim.score(marked)
+
+    (kept, kept_scores), rms = estimate(), victim.take_out_residual_mean(pool)
+    taken, taken_scores = estimate()
+    assert rms > 0 and taken < 0.3 * kept
+    assert taken_scores[1] >= kept_scores[1] - 0.01 and taken_scores[0] >= 0.95
