@@ -126,7 +126,7 @@ def embed_folder(args):
     if context.is_main:
         remove_partial_files(images_dir)
     barrier(context)
-    residual_mean_rms = take_out_residual_mean(args, fingerprinter, dataset, device)
+    residual_mean_rms = take_out_residual_mean(args, fingerprinter, dataset, device, context.is_main)
     psnrs, accuracies = [], []
 
     def fingerprint_batch(indices, images):
@@ -149,7 +149,7 @@ def embed_folder(args):
     return dict(folders.finish(args, context, names, RECORD_FILE, results), residual_mean_rms=residual_mean_rms)
 
 
-def take_out_residual_mean(args, fingerprinter, dataset, device):
+def take_out_residual_mean(args, fingerprinter, dataset, device, show_progress=True):
     """With one fingerprint for the whole folder and --residual_mean (`takes_out_mean`),
     a first pass over every image of the folder fits the mean residual that
     each embedding then leaves out (`Fingerprinter.fit_residual_mean`), the
@@ -158,7 +158,7 @@ def take_out_residual_mean(args, fingerprinter, dataset, device):
         return None
     fingerprint = fingerprint_for(0, fingerprinter.fingerprint_length, args.seed, identical=True)
     batches = tqdm(data.image_batches(dataset, args.batch_size, args.num_workers), desc="mean residual",
-                   unit="batch", mininterval=1.0)
+                   unit="batch", mininterval=1.0, disable=not show_progress)
     return fingerprinter.fit_residual_mean((batch_views(fingerprinter, images, device)[1]
                                             for _, images, _ in batches if len(images)), torch.from_numpy(fingerprint))
 
