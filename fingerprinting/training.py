@@ -123,6 +123,10 @@ def build_parser(description=None):
     add("--init_from", default=None, metavar="PAIR",
         help="start from existing weights: a shipped model's name or an _encoder.pth path (with its "
              "_decoder.pth beside it); its resolution and length must match the run's (default: off)")
+    add("--decoder_only", action="store_true",
+        help="with --init_from: train the decoder alone; the pair's encoder and its config (field, mean "
+             "field, residual) stay exactly as they are, so the new decoder reads every record the pair "
+             "embedded (default off)")
     add("--cache_gb", type=float, default=default_cache_gb(),
         help="decode the training images once into memory up to this size, else every epoch "
              "(default: a quarter of RAM)")
@@ -205,6 +209,11 @@ def parse_args(argv=None, description=None):
         parser.error("--forgery_scheme_aware needs --forgery_loss_weight > 0 and a --modulation")
     if args.forgery_look_alikes and not args.forgery_loss_weight:
         parser.error("--forgery_look_alikes needs --forgery_loss_weight > 0")
+    if args.decoder_only and not args.init_from:
+        parser.error("--decoder_only needs --init_from: the encoder it keeps")
+    if args.decoder_only and (args.modulation != "none" or args.modulation_mean or args.luma_residual):
+        parser.error("--decoder_only keeps the --init_from pair's encoding: leave out --modulation, "
+                     "--modulation_mean and --luma_residual")
     if args.fingerprint_groups is None:
         args.fingerprint_groups = FORGERY_GROUPS if args.forgery_loss_weight else 1
     if args.fingerprint_groups < 1:
@@ -354,6 +363,8 @@ def load_initial_weights(pair, encoder, decoder, args):
                         f"{args.image_resolution}, {args.fingerprint_length} bits, image output")
     encoder.load_state_dict(loaded_encoder.state_dict())
     decoder.load_state_dict(loaded_decoder.state_dict())
+    if args.decoder_only:
+        return dataclasses.replace(config, resolution=args.image_resolution)
     return ModelConfig(encoder_output="image", centred_inputs=config.centred_inputs,
                        resolution=args.image_resolution, fingerprint_length=args.fingerprint_length,
                        modulation=args.modulation, luma_residual=args.luma_residual)
@@ -596,6 +607,8 @@ def start_session(args, context, device, heldout, total_steps, source):
         config = load_initial_weights(args.init_from, encoder, decoder, args)
     if args.modulation_mean:
         config = dataclasses.replace(config, modulation_mean=training_mean_field(source, args, context))
+    if args.decoder_only:
+        encoder.requires_grad_(False)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     encoder = encoder.to(device, memory_format=memory_format)
     decoder = decoder.to(device, memory_format=memory_format)
@@ -604,9 +617,10 @@ def start_session(args, context, device, heldout, total_steps, source):
     trained = models
     if context.world_size > 1:
         device_ids = [device.index] if device.type == "cuda" else None
-        trained = (DistributedDataParallel(encoder, device_ids=device_ids),
+        trained = (encoder if args.decoder_only else DistributedDataParallel(encoder, device_ids=device_ids),
                    DistributedDataParallel(decoder, device_ids=device_ids), config)
-    optimizer = torch.optim.Adam(list(decoder.parameters()) + list(encoder.parameters()), lr=args.lr)
+    trained_parameters = list(decoder.parameters()) + ([] if args.decoder_only else list(encoder.parameters()))
+    optimizer = torch.optim.Adam(trained_parameters, lr=args.lr)
     prefix, state = prepare_run(args, models, averaged, optimizer, context)
     writer = SummaryWriter(os.path.join(args.output_dir, "logs")) if context.is_main else None
     return Session(args, models, trained, optimizer, device, context, prefix, heldout, total_steps, writer, state,

@@ -232,6 +232,29 @@ def test_init_from_an_encoder_path_takes_its_pair_and_meaning(tmp_path, sample_f
     assert not load_model_config(prefix + "_encoder.pth").centred_inputs  # the source's meaning, not the recipe's
 
 
+def test_decoder_only_keeps_the_pairs_encoder_and_encoding(tmp_path, sample_folder):
+    common = ["--image_resolution", "32", "--fingerprint_length", "100", "--batch_size", "8", "--num_holdout", "8",
+              "--max_steps", "3", "--lr", "1e-3", "--init_from", "cifar10_32_v4", "--decoder_only"]
+    final, prefix = training.train(train_args(sample_folder, tmp_path / "decoder", *common))
+    source = os.path.join(SAVED_MODELS, "cifar10_32_v4")
+    shipped_encoder, encoder = load_checkpoint(source + "_encoder.pth"), load_checkpoint(prefix + "_encoder.pth")
+    assert all(torch.equal(encoder[key], shipped_encoder[key]) for key in shipped_encoder)
+    shipped_decoder, decoder = load_checkpoint(source + "_decoder.pth"), load_checkpoint(prefix + "_decoder.pth")
+    assert not all(torch.equal(decoder[key], shipped_decoder[key]) for key in shipped_decoder)
+    assert load_model_config(prefix + "_encoder.pth") == load_model_config(source + "_encoder.pth")
+    assert final["heldout_bit_acc"] > 0.9
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "--decoder_only needs --init_from"),
+    (["--init_from", "cifar10_32_v4", "--modulation", "dog"], "leave out --modulation"),
+])
+def test_decoder_only_refuses_what_it_cannot_keep(tmp_path, extra, message, capsys):
+    with pytest.raises(SystemExit):
+        train_args(tmp_path, tmp_path, "--decoder_only", *extra)
+    assert message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--image_resolution", "16"], "32x32, 100-bit"),
     (["--image_resolution", "32", "--fingerprint_length", "48"], "this run is 32x32, 48 bits"),
