@@ -33,7 +33,7 @@ def parse_args(argv=None, description=None):
     add("--residual_mean", choices=RESIDUAL_MEAN_CHOICES, default="auto",
         help="with --identical_fingerprints and a content-keyed pair (v2 and later): take_out fits the fingerprint's "
              "mean residual over the folder in a first pass and leaves it out of every image, against the averaging "
-             "attack; keep does not; auto (default) does what the model's config says (celeba_64_v3: take_out)")
+             "attack; keep does not; auto (default) does what the model's config says (celeba_64_v4: take_out)")
     add("--strength", type=float, default=1.0,
         help="scale of the embedded residual: lower is cleaner and less robust (default 1.0)")
     add("--min_read_back", type=float, default=MIN_READ_BACK,
