@@ -3,6 +3,7 @@ attack_suite.py), and the pieces of the defence against them."""
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -284,3 +285,24 @@ def test_a_pool_embedded_less_its_mean_residual_gives_the_averaging_attack_nothi
     taken, taken_scores = estimate()
     assert rms > 0 and taken < 0.3 * kept
     assert taken_scores[1] >= kept_scores[1] - 0.01 and taken_scores[0] >= 0.95
+
+
+def test_a_genuine_residual_is_consistent_with_its_own_image_and_a_copied_one_is_not():
+    """benchmarks/consistency_check.py's statistic: the encoder's bit-dependent
+    residual for an image agrees with that image's detail when the image was
+    fingerprinted, not when it is clean or carries another image's residual."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    from consistency_check import consistency
+
+    fingerprint = torch.randint(0, 2, (100,), generator=torch.Generator().manual_seed(2))
+    victim = attack_suite.Victim(Fingerprinter.load("cifar10_32_v4"), fingerprint, fpr=1e-6)
+    clean = torch.stack([torch.from_numpy(np.array(crop)).permute(2, 0, 1)
+                         for crop in sample_images.sample_crops(32, 32, seed=5)]).float() / 255
+    marked = victim.embed((clean * 255).round().to(torch.uint8)).float() / 255
+    copied = (clean + (marked - clean).roll(1, 0)).clamp(0, 1)  # image i carries image i-1's residual
+    bits = fingerprint.float().expand(len(clean), -1)
+    scores = {name: consistency(victim.fingerprinter, images, bits) for name, images in
+              (("clean", clean), ("marked", marked), ("copied", copied))}
+    for high_pass in scores["marked"]:
+        genuine, other, none = (scores[name][high_pass] for name in ("marked", "copied", "clean"))
+        assert genuine.median() > 3 * max(other.median().abs(), none.median().abs(), 0.01)
