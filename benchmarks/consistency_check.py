@@ -17,6 +17,8 @@ and measured on the second half: forgeries still passing, genuine kept.
     python benchmarks/consistency_check.py --model celeba_64_v4 --data_dir celeba_test/ \\
         --pool_dir celeba_first_9000/ --center_crop 74 --output_dir /tmp/consistency \\
         [--samples_dir runs/gan/samples]   # a GAN's samples, its data embedded with --identical_fingerprints
+
+Needs the secrecy extra (scikit-learn) for the AUC: pip install -r requirements-secrecy.txt
 """
 
 import argparse
@@ -103,8 +105,10 @@ def consistency(fingerprinter, images, bits):
 
 def auc(positives, negatives):
     """P(a positive scores above a negative), ties counted half."""
-    difference = positives[:, None] - negatives[None, :]
-    return ((difference > 0).float().mean() + 0.5 * (difference == 0).float().mean()).item()
+    from sklearn.metrics import roc_auc_score  # the secrecy extra
+
+    labels = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
+    return float(roc_auc_score(labels, torch.cat([positives, negatives]).numpy()))
 
 
 def measure(args):
@@ -131,7 +135,7 @@ def measure(args):
                                                     0, args.seed))
     sources = data.to_float(victim.embed(pool))
     clean = data.to_float(targets)
-    nearest = (forgery.structure(clean) @ forgery.structure(sources).T).argmax(1)
+    nearest = forgery.nearest_look_alikes(clean, sources)
     forged = {}
     for denoiser in COPY_ESTIMATES:
         estimates = copy_estimates(sources, denoiser)[nearest]

@@ -237,8 +237,7 @@ def nearest_copy_attacks(victim, pool, clean_targets, marked_targets):
     transfers as far as the two images' fields agree, and look-alikes'
     fields agree most."""
     sources = data.to_float(victim.embed(pool[:NEAREST_POOL]))
-    source_details = forgery.structure(sources)
-    nearest = {goal: (forgery.structure(targets) @ source_details.T).argmax(1)
+    nearest = {goal: forgery.nearest_look_alikes(targets, sources)
                for goal, targets in (("forge", clean_targets), ("remove", marked_targets))}
     rows = []
     for denoiser in NEAREST_DENOISERS:

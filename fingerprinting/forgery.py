@@ -49,6 +49,12 @@ def structure(images, sigma=3.0):
     return detail / detail.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
 
+def nearest_look_alikes(targets, sources):
+    """For each target, the index of the source whose structure correlates
+    best with its own: the attacker's choice of image to copy from."""
+    return (structure(targets) @ structure(sources).T).argmax(1)
+
+
 def rms(tensor, dims):
     """Root mean square over `dims`, kept for broadcasting."""
     return tensor.pow(2).mean(dims, keepdim=True).sqrt()
