@@ -19,6 +19,10 @@ forgery succeeds on just the pairs whose fields agree (rho 0.3-0.7; 8 % of
 CIFAR-10 pairs exceed 0.3). Mode "fine_dog" (sigmas 1 and 3) halves that
 spread (std 0.12, 0.8 % of pairs above 0.3) for a little robustness of the
 field (JPEG 50 0.987, blur 0.971, crop 3/4 0.887; docs/security.md §10).
+Mode "smooth_dog" signs by dog's field a residual first blurred (sigma 2):
+the copy attack's estimate, an image minus its denoised copy, then holds
+mostly the image's own detail and little of the fingerprint, so copies,
+from a look-alike too, carry little of it (docs/security.md §15).
 It is a fixed function, not a secret: an attacker who
 reads this code can undo it (attacks.py measures that too); it stops the
 attacks of the literature that need no knowledge of the scheme.
@@ -30,7 +34,11 @@ import torch
 import torch.nn.functional as F
 
 # Each mode's difference of Gaussians: (fine, coarse) sigmas in pixels of the model's view.
-BANDS = {"dog": (2.0, 6.0), "fine_dog": (1.0, 3.0)}
+BANDS = {"dog": (2.0, 6.0), "fine_dog": (1.0, 3.0), "smooth_dog": (2.0, 6.0)}
+# Modes whose residual is smoothed (Gaussian sigma, pixels of the model's view)
+# before its field signs it: what a copy estimate (image minus a denoised
+# copy) can see of it is then mostly the image's own detail.
+RESIDUAL_BLUR = {"smooth_dog": 2.0}
 # tanh(h / (SHARPNESS_SCALE x rms h)): sign-like where the band is strong.
 SHARPNESS_SCALE = 0.5
 MODES = ("none",) + tuple(BANDS)
@@ -71,8 +79,15 @@ def mean_field(images, batch_size=256, mode="dog"):
 
 
 def modulate(images, residuals, mean=None, mode="dog"):
-    """The fingerprinted image: `residuals` (b c h w) signed by the field of `images`."""
-    return images + residuals * sign_field(images, mean, mode)
+    """The fingerprinted image: `residuals` (b c h w), smoothed where the
+    mode says (RESIDUAL_BLUR), signed by the field of `images`."""
+    return images + smoothed(residuals, mode) * sign_field(images, mean, mode)
+
+
+def smoothed(residuals, mode):
+    """The residual as `mode` embeds it, before its field: blurred for the
+    modes of RESIDUAL_BLUR, as it is for the others."""
+    return gaussian_blur(residuals, RESIDUAL_BLUR[mode]) if mode in RESIDUAL_BLUR else residuals
 
 
 def demodulate(images, detach_field=True, mean=None, mode="dog"):

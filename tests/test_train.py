@@ -77,15 +77,16 @@ def test_bf16_on_cpu_refuses_16x16(tmp_path, sample_folder):
         training.train(train_args(sample_folder, tmp_path, "--image_resolution", "16", "--bf16", "--max_steps", "1"))
 
 
-def test_a_run_under_the_forgery_defence_logs_it_and_stores_its_field(tmp_path, sample_folder, monkeypatch):
+@pytest.mark.parametrize("mode", ["fine_dog", "smooth_dog"])
+def test_a_run_under_the_forgery_defence_logs_it_and_stores_its_field(tmp_path, sample_folder, monkeypatch, mode):
     monkeypatch.setattr(training, "L2_ACTIVATION_ACCURACY", 0.0)  # the defence starts at step 1
     final, prefix = training.train(train_args(
         sample_folder, tmp_path, "--image_resolution", "16", "--fingerprint_length", "8", "--batch_size", "8",
-        "--num_holdout", "4", "--max_steps", "4", "--log_interval", "2", "--modulation", "fine_dog",
+        "--num_holdout", "4", "--max_steps", "4", "--log_interval", "2", "--modulation", mode,
         "--modulation_mean", "--forgery_loss_weight", "1", "--forgery_scheme_aware", "--forgery_look_alikes"))
     assert 0 <= final["forged_bit_acc"] <= 1 and 0 <= final["stripped_bit_acc"] <= 1
     config = load_model_config(prefix + "_encoder.pth")
-    assert config.modulation == "fine_dog" and torch.tensor(config.modulation_mean).shape == (16, 16)
+    assert config.modulation == mode and torch.tensor(config.modulation_mean).shape == (16, 16)
 
 
 def test_the_defence_options_need_the_defence(tmp_path, capsys):
