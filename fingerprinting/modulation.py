@@ -23,6 +23,8 @@ Mode "smooth_dog" signs by dog's field a residual first blurred (sigma 2):
 the copy attack's estimate, an image minus its denoised copy, then holds
 mostly the image's own detail and little of the fingerprint, so copies,
 from a look-alike too, carry little of it (docs/security.md §15).
+Mode "smooth_fine_dog" is the same at half the scale, for 32 px: fine_dog's
+field over a residual blurred with sigma 1.
 It is a fixed function, not a secret: an attacker who
 reads this code can undo it (attacks.py measures that too); it stops the
 attacks of the literature that need no knowledge of the scheme.
@@ -34,11 +36,11 @@ import torch
 import torch.nn.functional as F
 
 # Each mode's difference of Gaussians: (fine, coarse) sigmas in pixels of the model's view.
-BANDS = {"dog": (2.0, 6.0), "fine_dog": (1.0, 3.0), "smooth_dog": (2.0, 6.0)}
+BANDS = {"dog": (2.0, 6.0), "fine_dog": (1.0, 3.0), "smooth_dog": (2.0, 6.0), "smooth_fine_dog": (1.0, 3.0)}
 # Modes whose residual is smoothed (Gaussian sigma, pixels of the model's view)
 # before its field signs it: what a copy estimate (image minus a denoised
 # copy) can see of it is then mostly the image's own detail.
-RESIDUAL_BLUR = {"smooth_dog": 2.0}
+RESIDUAL_BLUR = {"smooth_dog": 2.0, "smooth_fine_dog": 1.0}
 # tanh(h / (SHARPNESS_SCALE x rms h)): sign-like where the band is strong.
 SHARPNESS_SCALE = 0.5
 MODES = ("none",) + tuple(BANDS)

@@ -175,13 +175,16 @@ def test_the_fine_field_agrees_by_chance_between_fewer_pairs_of_photos():
     assert pair_spread("fine_dog") < 0.7 * pair_spread("dog")
 
 
+@pytest.mark.parametrize("smooth, plain, size, bound", [("smooth_dog", "dog", 64, 0.6),
+                                                        ("smooth_fine_dog", "fine_dog", 32, 0.85)])
 @pytest.mark.parametrize("denoiser", ["median 3x3", "gaussian sigma 1", "tv 0.1"])
-def test_a_copy_estimate_sees_less_of_a_smoothed_residual(denoiser):
-    """smooth_dog blurs the residual before its field signs it: an image
-    minus its denoised copy then holds mostly the image's own detail, and
-    little of the fingerprint a copy attack would paste."""
-    photos = sample_batch(16, size=64).float() / 255
-    residual = 0.03 * torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+def test_a_copy_estimate_sees_less_of_a_smoothed_residual(denoiser, smooth, plain, size, bound):
+    """The smoothed modes blur the residual before its field signs it: an
+    image minus its denoised copy then holds mostly the image's own detail,
+    and little of the fingerprint a copy attack would paste (less so at
+    32 px, where the blur is half as wide)."""
+    photos = sample_batch(16, size=size).float() / 255
+    residual = 0.03 * torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
 
     def captured(mode):
         embedded = modulation.modulate(photos, residual.expand_as(photos), mode=mode)
@@ -190,7 +193,7 @@ def test_a_copy_estimate_sees_less_of_a_smoothed_residual(denoiser):
         estimate = attack_suite.copy_estimates(marked, denoiser)
         return torch.nn.functional.cosine_similarity(estimate.flatten(1), true.flatten(1)).mean().item()
 
-    assert captured("smooth_dog") < 0.6 * captured("dog")
+    assert captured(smooth) < bound * captured(plain)
 
 
 def test_the_look_alike_search_finds_a_slightly_edited_copy_of_each_target():

@@ -77,7 +77,7 @@ def test_bf16_on_cpu_refuses_16x16(tmp_path, sample_folder):
         training.train(train_args(sample_folder, tmp_path, "--image_resolution", "16", "--bf16", "--max_steps", "1"))
 
 
-@pytest.mark.parametrize("mode", ["fine_dog", "smooth_dog"])
+@pytest.mark.parametrize("mode", ["fine_dog", "smooth_dog", "smooth_fine_dog"])
 def test_a_run_under_the_forgery_defence_logs_it_and_stores_its_field(tmp_path, sample_folder, monkeypatch, mode):
     monkeypatch.setattr(training, "L2_ACTIVATION_ACCURACY", 0.0)  # the defence starts at step 1
     final, prefix = training.train(train_args(
