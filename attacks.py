@@ -140,12 +140,20 @@ def load_images(args, resolution):
     images = random_draw(data_dir, args.recursive, args.num_images, resolution, args.center_crop, args.seed)
     targets, pool = images[:args.num_targets], images[args.num_targets:]
     if args.pool_dir:
-        pool = random_draw(args.pool_dir, args.recursive, args.num_images - args.num_targets, resolution,
-                           args.center_crop, args.seed + 1)
+        pool = without_copies(random_draw(args.pool_dir, args.recursive, args.num_images - args.num_targets,
+                                          resolution, args.center_crop, args.seed + 1), targets)
     if len(targets) < args.num_targets or len(pool) < 2:
         raise UserError(f"--data_dir {data_dir}: {len(targets)} targets and a pool of {len(pool)} readable images; "
                         f"--num_targets {args.num_targets} plus at least 2 for the attacker are needed")
     return targets, pool
+
+
+def without_copies(pool, targets):
+    """The pool less any image identical to a target: a --pool_dir that
+    holds --data_dir (CIFAR-10's training set around its held-out draw)
+    would otherwise give the attacker a target's own fingerprinted copy."""
+    seen = {image.numpy().tobytes() for image in targets}
+    return pool[[index for index, image in enumerate(pool) if image.numpy().tobytes() not in seen]]
 
 
 def random_draw(data_dir, recursive, count, resolution, center_crop, seed):

@@ -328,3 +328,19 @@ def test_a_genuine_residual_is_consistent_with_its_own_image_and_a_copied_one_is
     for high_pass in scores["marked"]:
         genuine, other, none = (scores[name][high_pass] for name in ("marked", "copied", "clean"))
         assert genuine.median() > 3 * max(other.median().abs(), none.median().abs(), 0.01)
+
+
+def test_a_pool_drawn_from_a_folder_that_holds_the_targets_leaves_them_out(tmp_path):
+    """--pool_dir may hold --data_dir's images; the attacker's pool must not
+    hand him a target's own copy, or a look-alike copy is no forgery."""
+    from fingerprinting import data
+
+    targets_dir = sample_images.write_sample_images(str(tmp_path / "all" / "targets"), count=12, size=32)
+    sample_images.write_sample_images(str(tmp_path / "all" / "others"), count=12, size=32, seed=1)
+    args = attacks.parse_args(["--output_dir", str(tmp_path / "out"), "--data_dir", targets_dir,
+                               "--pool_dir", str(tmp_path / "all"), "--recursive", "--num_images", "30", "--model", "cifar10_32",
+                               "--num_targets", "6", "--cuda", "-1"])
+    targets, pool = attacks.load_images(args, 32)
+    everything = data.load_all(str(tmp_path / "all"), data.list_images(str(tmp_path / "all"), True), 32)
+    assert len(targets) == 6 and len(pool) == len(everything) - 6
+    assert not (pool.unsqueeze(1) == targets.unsqueeze(0)).flatten(2).all(2).any()
