@@ -344,3 +344,6 @@ def test_a_pool_drawn_from_a_folder_that_holds_the_targets_leaves_them_out(tmp_p
     everything = data.load_all(str(tmp_path / "all"), data.list_images(str(tmp_path / "all"), True), 32)
     assert len(targets) == 6 and len(pool) == len(everything) - 6
     assert not (pool.unsqueeze(1) == targets.unsqueeze(0)).flatten(2).all(2).any()
+    args.num_images = 18  # a pool of 12 asked for: the copies dropped are made up from the folder
+    targets, pool = attacks.load_images(args, 32)
+    assert len(pool) == 12 and not (pool.unsqueeze(1) == targets.unsqueeze(0)).flatten(2).all(2).any()
