@@ -141,8 +141,8 @@ def load_images(args, resolution):
     targets, pool = images[:args.num_targets], images[args.num_targets:]
     if args.pool_dir:
         # Drawn num_targets longer, for the copies of targets it may hold.
-        pool = without_copies(random_draw(args.pool_dir, args.recursive, args.num_images, resolution,
-                                          args.center_crop, args.seed + 1), targets)[:args.num_images - args.num_targets]
+        drawn = random_draw(args.pool_dir, args.recursive, args.num_images, resolution, args.center_crop, args.seed + 1)
+        pool = without_copies(drawn, targets)[:args.num_images - args.num_targets]
     if len(targets) < args.num_targets or len(pool) < 2:
         raise UserError(f"--data_dir {data_dir}: {len(targets)} targets and a pool of {len(pool)} readable images; "
                         f"--num_targets {args.num_targets} plus at least 2 for the attacker are needed")

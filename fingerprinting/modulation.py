@@ -24,7 +24,8 @@ the copy attack's estimate, an image minus its denoised copy, then holds
 mostly the image's own detail and little of the fingerprint, so copies,
 from a look-alike too, carry little of it (docs/security.md §15).
 Mode "smooth_fine_dog" is the same at half the scale, for 32 px: fine_dog's
-field over a residual blurred with sigma 1.
+field over a residual blurred with sigma 1 (on CIFAR-10 a trade, not
+released: docs/security.md §16).
 It is a fixed function, not a secret: an attacker who
 reads this code can undo it (attacks.py measures that too); it stops the
 attacks of the literature that need no knowledge of the scheme.

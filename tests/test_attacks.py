@@ -338,8 +338,8 @@ def test_a_pool_drawn_from_a_folder_that_holds_the_targets_leaves_them_out(tmp_p
     targets_dir = sample_images.write_sample_images(str(tmp_path / "all" / "targets"), count=12, size=32)
     sample_images.write_sample_images(str(tmp_path / "all" / "others"), count=12, size=32, seed=1)
     args = attacks.parse_args(["--output_dir", str(tmp_path / "out"), "--data_dir", targets_dir,
-                               "--pool_dir", str(tmp_path / "all"), "--recursive", "--num_images", "30", "--model", "cifar10_32",
-                               "--num_targets", "6", "--cuda", "-1"])
+                               "--pool_dir", str(tmp_path / "all"), "--recursive", "--num_images", "30",
+                               "--model", "cifar10_32", "--num_targets", "6", "--cuda", "-1"])
     targets, pool = attacks.load_images(args, 32)
     everything = data.load_all(str(tmp_path / "all"), data.list_images(str(tmp_path / "all"), True), 32)
     assert len(targets) == 6 and len(pool) == len(everything) - 6
