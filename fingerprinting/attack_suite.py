@@ -230,9 +230,9 @@ NEAREST_POOL = 1000  # fingerprinted images the nearest-image copy attack choose
 NEAREST_DENOISERS = ("median 3x3", "gaussian sigma 1", "tv 0.1")  # BM3D over 1,000 images is too slow
 
 
-def nearest_copy_attacks(victim, pool, clean_targets, marked_targets):
+def nearest_copy_attacks(victim, pool, clean_targets, marked_targets, denoisers=NEAREST_DENOISERS):
     """The copy attack from the look-alike: each target takes the estimate
-    (each of NEAREST_DENOISERS) of the fingerprinted pool image whose
+    (each of `denoisers`) of the fingerprinted pool image whose
     structure correlates best with its own. A content-keyed residual
     transfers as far as the two images' fields agree, and look-alikes'
     fields agree most."""
@@ -240,7 +240,7 @@ def nearest_copy_attacks(victim, pool, clean_targets, marked_targets):
     nearest = {goal: forgery.nearest_look_alikes(targets, sources)
                for goal, targets in (("forge", clean_targets), ("remove", marked_targets))}
     rows = []
-    for denoiser in NEAREST_DENOISERS:
+    for denoiser in denoisers:
         estimates = copy_estimates(sources, denoiser)
         for goal, targets in (("forge", clean_targets), ("remove", marked_targets)):
             rows += sweep(victim, "copy, nearest image", goal, denoiser, targets, estimates[nearest[goal]])

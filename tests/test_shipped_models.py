@@ -7,7 +7,7 @@ import tarfile
 import pytest
 import torch
 
-from fingerprinting import attack_suite, data, detection, embedding, forgery
+from fingerprinting import attack_suite, data, detection, embedding
 from fingerprinting.api import Fingerprinter
 from fingerprinting.checkpoints import shipped_models
 from fingerprinting.errors import UserError
@@ -140,10 +140,10 @@ def look_alike_copy_forgery(model, photos):
     fingerprinter = Fingerprinter.load(model, device="cpu")
     fingerprint = torch.randint(0, 2, (fingerprinter.fingerprint_length,), generator=torch.Generator().manual_seed(0))
     victim = attack_suite.Victim(fingerprinter, fingerprint, fpr=1e-6)
-    clean, sources = data.to_float(photos[:64]), data.to_float(victim.embed(photos[64:264]))
-    estimates = attack_suite.copy_estimates(sources, "median 3x3")[forgery.nearest_look_alikes(clean, sources)]
-    rows = attack_suite.sweep(victim, "copy, nearest image", "forge", "median 3x3", clean, estimates)
-    return attack_suite.best_attacks(rows)[0]["detected"]
+    targets = photos[:64]
+    rows = attack_suite.nearest_copy_attacks(victim, photos[64:264], data.to_float(targets),
+                                             data.to_float(victim.embed(targets)), denoisers=("median 3x3",))
+    return next(row["detected"] for row in attack_suite.best_attacks(rows) if row["goal"] == "forge")
 
 
 def test_a_smoothed_residual_is_copied_from_a_look_alike_far_less_than_a_fine_one(tmp_path):
