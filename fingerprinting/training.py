@@ -146,11 +146,12 @@ def build_parser(description=None):
         help="once the L2 ramp is done, scale the L2 weight up or down to hold the training PSNR at this "
              f"many dB (default {AUGMENT_TARGET_PSNR:g} with --augment, else 0 = off)")
     add("--modulation", choices=modulation.MODES, default="none",
-        help="'dog', 'fine_dog', 'smooth_dog' or 'smooth_fine_dog': sign the residual by the image's own field, "
-             "so that copied or averaged residuals decode to chance; fine_dog's finer field agrees by chance "
-             "between fewer pairs of images; smooth_dog blurs the residual first, so that copy estimates hold "
-             "little of it (smooth_fine_dog: the same at half the scale, for 32 px; modulation.py; default none, "
-             "the published encoding)")
+        help="'dog', 'fine_dog', 'smooth_dog', 'smooth_fine_dog' or 'folded_smooth_dog': sign the residual by "
+             "the image's own field, so that copied or averaged residuals decode to chance; fine_dog's finer "
+             "field agrees by chance between fewer pairs of images; smooth_dog blurs the residual first, so that "
+             "copy estimates hold little of it (smooth_fine_dog: the same at half the scale, for 32 px; "
+             "folded_smooth_dog: smooth_dog with a field that turns over at several levels, so that look-alike "
+             "images agree less; modulation.py; default none, the published encoding)")
     add("--modulation_mean", action="store_true",
         help="with --modulation: subtract the field's average over the training images (stored in the "
              "_config.json), for aligned data such as faces (default off)")
