@@ -51,11 +51,7 @@ BANDS = {"dog": (2.0, 6.0), "fine_dog": (1.0, 3.0), "smooth_dog": (2.0, 6.0), "s
 # before its field signs it: what a copy estimate (image minus a denoised
 # copy) can see of it is then mostly the image's own detail.
 RESIDUAL_BLUR = {"smooth_dog": 2.0, "smooth_fine_dog": 1.0, "folded_smooth_dog": 2.0}
-# Modes whose field folds the band through sin(FOLDS x band / rms band)
-# before the tanh: the sign then turns over at several levels of the band,
-# not only at zero, so two look-alike images, whose bands agree roughly,
-# agree far less in their fields, while a JPEG, whose change of the band is
-# small, keeps it.
+# Modes whose field folds the band through sin(FOLDS x band / rms band) before the tanh (see above).
 FOLDS = {"folded_smooth_dog": 2.5}
 # tanh(h / (SHARPNESS_SCALE x rms h)): sign-like where the band is strong.
 SHARPNESS_SCALE = 0.5
