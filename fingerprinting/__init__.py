@@ -12,7 +12,8 @@ below it (tests/test_layout.py checks), and from the top-level `models.py`
 1. errors; bits (bit strings, bit accuracy, the detection test); modulation
    (the content-keyed sign field); forgery (averaging and copy attacks, the
    training defence against them); resizing (any size through one model);
-   sample_images (the built-in photographs);
+   crop_search (reading through a centred crop zoomed back); sample_images
+   (the built-in photographs);
 2. records (atomic files, record lines, torchrun parts); devices (CUDA, torchrun);
 3. checkpoints (safe loading, shipped pairs, what a pair's numbers mean); data
    (image files, preprocessing, output formats);

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fingerprinting import data, modulation, resizing
+from fingerprinting import crop_search, data, modulation, resizing
 from fingerprinting.bits import (
     binomial_p_values,
     bit_accuracy,
@@ -147,17 +147,19 @@ class Fingerprinter:
                                                                               min_read_back)]
         return marked[0] if kind == "pil" else marked
 
-    def detect(self, images, fingerprint=None, fpr=1e-6, center_crop=False):
+    def detect(self, images, fingerprint=None, fpr=1e-6, center_crop=False, search_crops=False):
         """Read the fingerprint of `images` (as for `embed`) into a Detection.
 
         Each whole image is resized to the model's size, as `embed` did;
         `center_crop=True` instead applies the CLIs' default preprocessing
         (shorter side resized to the model's size, then center-cropped).
-        With `fingerprint` (as for `embed`), also scores it at `fpr`."""
+        `search_crops=True` reads images that may have been cropped and
+        resized back better (`read_bits`). With `fingerprint` (as for
+        `embed`), also scores it at `fpr`."""
         tensors, _ = as_tensors(images, self.device)
         with torch.inference_mode():
             views = [self.view_for_detection(image, center_crop) for image in tensors]
-            bits = self.read_bits(torch.stack(views))
+            bits = self.read_bits(torch.stack(views), search_crops)
         upscaled = torch.tensor([resizing.is_smaller_than(image, self.resolution) for image in tensors])
         if fingerprint is None:
             return Detection(bits.cpu(), upscaled)
@@ -292,9 +294,19 @@ class Fingerprinter:
                                       self.decoder_batch)
         return torch.cat([decode_views(views[start:start + BATCH_SIZE]) for start in range(0, len(views), BATCH_SIZE)])
 
-    def read_bits(self, views):
-        """Decoded bits (b L uint8) of model-size images."""
+    def read_bits(self, views, search_crops=False):
+        """Decoded bits (b L uint8) of model-size images. `search_crops`: also
+        read each as a centred crop zoomed back, and keep the most confident
+        reading (crop_search.py; 6x the decoding; content-keyed pairs only)."""
+        if search_crops:
+            self.check_can_search_crops()
+            return bits_from_logits(crop_search.searched_logits(self.logits, views))
         return bits_from_logits(self.logits(views))
+
+    def check_can_search_crops(self):
+        if not self.is_content_keyed:
+            raise UserError("search_crops: for content-keyed pairs (v2 and later) only; an additive pair "
+                            "reads a zoomed crop better as it is (docs/security.md section 19)")
 
     def view_for_detection(self, image, center_crop=False):
         """One image (c h w) as the decoder reads it: `resizing.model_view`, or

@@ -39,6 +39,10 @@ def parse_args(argv=None, description=None):
     truth.add_argument("--fingerprint", default=None, help="one bit string every image should carry")
     parser.add_argument("--fpr", type=float, default=1e-6,
                         help="false-positive rate of the 'fingerprinted' decision (binomial test; default 1e-6)")
+    parser.add_argument("--search_crops", action="store_true",
+                        help="content-keyed pairs (v2 and later): also read each image as a centred crop (0.9 to "
+                             "0.67 of the side) resized back, and keep the most confident reading: crops read "
+                             "better, at 6x the decoding time (the FPR holds; docs/security.md section 19)")
     parser.add_argument("--registry", default=None,
                         help="known fingerprints ('name bits' per line): attribute each image to one, or unknown")
     args = parser.parse_args(argv)
@@ -61,6 +65,8 @@ def detect_folder(args):
     context, device = init_distributed(args.cuda)
     fingerprinter = Fingerprinter.from_paths(None, args.decoder_path, device)
     folders.check_fingerprint_length(args, fingerprinter)
+    if args.search_crops:
+        fingerprinter.check_can_search_crops()
     resolution = folders.preprocessing_resolution(args, fingerprinter.resolution)
     expected = expected_fingerprints(args, fingerprinter.fingerprint_length)
     dataset = folders.input_images(args, paths, resolution, fingerprinter.resolution, keep_pixels=False)
@@ -71,7 +77,7 @@ def detect_folder(args):
         else:
             views = torch.stack([resizing.model_view(image.unsqueeze(0), fingerprinter.resolution)[0]
                                  for image in folders.model_input(images, device)])
-        bits = fingerprinter.read_bits(views).cpu()
+        bits = fingerprinter.read_bits(views, args.search_crops).cpu()
         return [fingerprint_line(names[index], row) for index, row in zip(indices, bits)], []
 
     results = folders.run_over_folder(args, context, device, dataset, names, RECORD_FILE, decode_batch, "detecting")

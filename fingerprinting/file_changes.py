@@ -144,7 +144,8 @@ def ssim_of_files(inputs, outputs, names):
 def measure(settings):
     """Embed, change the files, detect: a report dict. `settings`: model
     (or encoder_path/decoder_path), data_dir, output_dir, keep_size,
-    strength, min_read_back, center_crop, recursive, fpr, seed, cuda."""
+    strength, min_read_back, center_crop, recursive, fpr, seed, cuda,
+    search_crops."""
     out = lambda *parts: os.path.join(settings.output_dir, *parts)  # noqa: E731
     input_flags = input_arguments(settings)
     embedded = embedding.embed_folder(embedding.parse_args([
@@ -172,7 +173,8 @@ def measure(settings):
 def detect(settings, folder, output_dir, record, *extra):
     return detection.detect_folder(detection.parse_args([
         *decoder_arguments(settings), "--data_dir", folder, "--output_dir", output_dir, "--embedded_fingerprints",
-        record, "--fpr", str(settings.fpr), "--cuda", str(settings.cuda), *extra]))
+        record, "--fpr", str(settings.fpr), "--cuda", str(settings.cuda),
+        *(["--search_crops"] if settings.search_crops else []), *extra]))
 
 
 def encoder_arguments(settings):

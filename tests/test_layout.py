@@ -9,7 +9,7 @@ SCRIPTS = {"train", "embed_fingerprints", "detect_fingerprints", "evaluate", "tr
            "fid", "demo"}
 # The layers of fingerprinting/__init__.py's docstring, lowest first.
 LAYERS = [
-    {"errors", "bits", "modulation", "resizing", "sample_images"},
+    {"errors", "bits", "modulation", "resizing", "crop_search", "sample_images"},
     {"records", "devices", "forgery"},  # forgery's copy estimates blur with modulation's Gaussian
     {"checkpoints", "data"},
     {"perturbations", "evaluation", "steganalysis", "api", "folders", "generators"},

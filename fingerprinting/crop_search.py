@@ -1,0 +1,51 @@
+"""Reading a fingerprint through a centred crop zoomed back to the model's size.
+
+A crop that keeps `fraction` of each side, resized back, enlarges the
+residual by 1/fraction, and for content-keyed pairs the sign field the
+decoder computes from the image no longer falls on the embedded one.
+Shrinking the view by `fraction` again, its border replicated out to the
+model's size, puts its centre back at the scale and place it was embedded
+at (docs/security.md §19).
+
+The fraction is not known, so a view is read as it is and shrunk back by
+each of FRACTIONS, and the reading whose logits are the most confident is
+kept. The view as it is wins unless another reading is MARGIN times more
+confident: an image that was not cropped, but JPEG'd, reads with little
+confidence everywhere and would otherwise be taken for a crop now and
+then. The choice never looks at the expected fingerprint, so a clean
+image's bits stay as random as they were and the false-positive rate
+holds.
+
+Pure functions over float views b c r r in [0, 1] and logits t b L.
+"""
+
+import torch
+import torch.nn.functional as F
+
+FRACTIONS = (0.9, 0.8, 0.75, 0.7, 0.67)
+MARGIN = 1.15
+
+
+def shrunk_back(views, fraction):
+    """`views` (b c r r) shrunk by `fraction` (antialiased), centred, the
+    border replicated out to r x r: a centred crop zoomed back, undone."""
+    resolution = views.shape[-1]
+    size = round(resolution * fraction)
+    before, after = (resolution - size) // 2, resolution - size - (resolution - size) // 2
+    small = F.interpolate(views, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return F.pad(small, (before, after, before, after), mode="replicate")
+
+
+def most_confident(readings):
+    """Per image, the most confident of `readings` (t b L logits, the first
+    of the view as it is, favoured by MARGIN): b L."""
+    confidence = readings.abs().mean(2)
+    confidence[1:] /= MARGIN
+    return readings[confidence.argmax(0), torch.arange(readings.shape[1], device=readings.device)]
+
+
+def searched_logits(logits_of, views):
+    """Logits (b L) of the most confident reading of `views`, as they are
+    and shrunk back by each of FRACTIONS; `logits_of` maps views to logits."""
+    readings = [logits_of(views)] + [logits_of(shrunk_back(views, fraction)) for fraction in FRACTIONS]
+    return most_confident(torch.stack(readings))
