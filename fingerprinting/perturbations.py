@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from fingerprinting import data
+from fingerprinting import crop_search, data
 
 
 def gaussian_noise(images, std, generator=None):
@@ -218,6 +218,7 @@ class AugmentOptions:
     jpeg_stand_in: str = "approximation"  # a JPEG_STAND_INS name
     strongest_crop: float = AUGMENTATIONS["center_crop"][1]  # kept fraction of the side
     resample: bool = False  # one more slice: the residual method's enlarge-and-shrink, then a crop
+    crops_shrunk_back: bool = False  # the crop slice read as detect --search_crops reads a crop (crop_search.py)
 
     def slices(self):
         return AUGMENTATION_SLICES + (["resample"] if self.resample else [])
@@ -258,4 +259,5 @@ def augment_slice(images, name, ramp, generator, options=AugmentOptions()):
         # A crop of the large image comes on top of the resampling as often as not.
         crop = 1 - (1 - options.strongest_crop) * ramp * float(torch.rand((), generator=generator))
         return center_crop(resample(images, strength), crop)
-    return center_crop(images, strength)
+    cropped = center_crop(images, strength)
+    return crop_search.shrunk_back(cropped, strength) if options.crops_shrunk_back else cropped

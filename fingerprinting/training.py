@@ -139,6 +139,9 @@ def build_parser(description=None):
     add("--augment_resample", action="store_true",
         help="with --augment: one more batch slice enlarged and shrunk back (then cropped), as images larger "
              "than the model are through the residual method (embed/detect --keep_size; default off)")
+    add("--augment_crops_shrunk_back", action="store_true",
+        help="with --augment: the crop slice is shrunk back to the scale it was embedded at, its border "
+             "replicated, as detect_fingerprints.py --search_crops reads a crop (default off)")
     add("--jpeg_gradient", choices=sorted(perturbations.JPEG_STAND_INS), default="approximation",
         help="with --augment: what the real JPEG's gradient flows through (default approximation; "
              "kornia needs `pip install kornia`)")
@@ -397,7 +400,8 @@ def training_step(models, optimizer, images, bits, weights, args, generator=None
         fingerprinted = encode(encoder, config, bits, images)
         seen = fingerprinted
         if weights.get("augment"):
-            options = perturbations.AugmentOptions(args.jpeg_gradient, args.augment_crop, args.augment_resample)
+            options = perturbations.AugmentOptions(args.jpeg_gradient, args.augment_crop, args.augment_resample,
+                                                   args.augment_crops_shrunk_back)
             seen = perturbations.augment(fingerprinted.float().clamp(0, 1), weights["augment"], generator, options)
         logits = decode(decoder, config, seen)
     fingerprinted, logits = fingerprinted.float(), logits.float()

@@ -77,3 +77,16 @@ def test_an_additive_pair_refuses_to_search_crops(sample_folder, tmp_path):
         detection.detect_folder(detection.parse_args(
             ["--model", "cifar10_32_robust", "--data_dir", str(sample_folder), "--output_dir", str(tmp_path),
              "--cuda", "-1", "--num_workers", "0", "--search_crops"]))
+
+
+def test_training_can_show_the_decoder_crops_as_the_search_reads_them():
+    """train.py --augment_crops_shrunk_back: the crop slice comes shrunk back to
+    the scale it was embedded at, the centre close to the uncropped image."""
+    images = smooth_images(2, 64, seed=1).requires_grad_()
+    options = perturbations.AugmentOptions(crops_shrunk_back=True)
+    generator, same = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    shrunk = perturbations.augment_slice(images, "center_crop", 1.0, generator, options)
+    zoomed = perturbations.augment_slice(images, "center_crop", 1.0, same)
+    centre = (slice(None), slice(None), slice(24, 40), slice(24, 40))
+    assert shrunk.shape == images.shape and shrunk.requires_grad
+    assert (shrunk - images)[centre].abs().mean() < 0.5 * (zoomed - images)[centre].abs().mean()
