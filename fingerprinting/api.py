@@ -147,15 +147,15 @@ class Fingerprinter:
                                                                               min_read_back)]
         return marked[0] if kind == "pil" else marked
 
-    def detect(self, images, fingerprint=None, fpr=1e-6, center_crop=False, search_crops=False):
+    def detect(self, images, fingerprint=None, fpr=1e-6, center_crop=False, search_crops=None):
         """Read the fingerprint of `images` (as for `embed`) into a Detection.
 
         Each whole image is resized to the model's size, as `embed` did;
         `center_crop=True` instead applies the CLIs' default preprocessing
         (shorter side resized to the model's size, then center-cropped).
         `search_crops=True` reads images that may have been cropped and
-        resized back better (`read_bits`). With `fingerprint` (as for
-        `embed`), also scores it at `fpr`."""
+        resized back better (`read_bits`; None: as the pair's config says).
+        With `fingerprint` (as for `embed`), also scores it at `fpr`."""
         tensors, _ = as_tensors(images, self.device)
         with torch.inference_mode():
             views = [self.view_for_detection(image, center_crop) for image in tensors]
@@ -294,10 +294,13 @@ class Fingerprinter:
                                       self.decoder_batch)
         return torch.cat([decode_views(views[start:start + BATCH_SIZE]) for start in range(0, len(views), BATCH_SIZE)])
 
-    def read_bits(self, views, search_crops=False):
+    def read_bits(self, views, search_crops=None):
         """Decoded bits (b L uint8) of model-size images. `search_crops`: also
         read each as a centred crop zoomed back, and keep the most confident
-        reading (crop_search.py; 6x the decoding; content-keyed pairs only)."""
+        reading (crop_search.py; 6x the decoding; content-keyed pairs only);
+        None: as the pair's config says (on for a decoder trained for it)."""
+        if search_crops is None:
+            search_crops = self.config.search_crops
         if search_crops:
             self.check_can_search_crops()
             return bits_from_logits(crop_search.searched_logits(self.logits, views))

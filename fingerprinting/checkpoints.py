@@ -52,6 +52,8 @@ class ModelConfig:
     luma_residual: bool = False  # the residual is grey: one change on all three channels
     # embed a one-fingerprint folder less its mean residual (content-keyed pairs; docs/security.md §12)
     folder_mean_residual: bool = False
+    # its decoder was trained on crops shrunk back: detection reads with crop_search.py unless told not to
+    search_crops: bool = False
 
 
 # Weights resolve relative to the repository, never the working folder.

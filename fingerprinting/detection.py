@@ -39,10 +39,11 @@ def parse_args(argv=None, description=None):
     truth.add_argument("--fingerprint", default=None, help="one bit string every image should carry")
     parser.add_argument("--fpr", type=float, default=1e-6,
                         help="false-positive rate of the 'fingerprinted' decision (binomial test; default 1e-6)")
-    parser.add_argument("--search_crops", action="store_true",
+    parser.add_argument("--search_crops", action=argparse.BooleanOptionalAction, default=None,
                         help="content-keyed pairs (v2 and later): also read each image as a centred crop (0.9 to "
                              "0.67 of the side) resized back, and keep the most confident reading: crops read "
-                             "better, at 6x the decoding time (the FPR holds; docs/security.md section 19)")
+                             "better, at 6x the decoding time (the FPR holds; docs/security.md section 19). "
+                             "Default: as the pair's config says (on for celeba_64_v6, trained for it)")
     parser.add_argument("--registry", default=None,
                         help="known fingerprints ('name bits' per line): attribute each image to one, or unknown")
     args = parser.parse_args(argv)

@@ -141,7 +141,8 @@ def build_parser(description=None):
              "than the model are through the residual method (embed/detect --keep_size; default off)")
     add("--augment_crops_shrunk_back", action="store_true",
         help="with --augment: the crop slice is shrunk back to the scale it was embedded at, its border "
-             "replicated, as detect_fingerprints.py --search_crops reads a crop (default off)")
+             "replicated, as detect_fingerprints.py --search_crops reads a crop; the pair's config then "
+             "turns that search on by default (default off)")
     add("--jpeg_gradient", choices=sorted(perturbations.JPEG_STAND_INS), default="approximation",
         help="with --augment: what the real JPEG's gradient flows through (default approximation; "
              "kornia needs `pip install kornia`)")
@@ -217,6 +218,8 @@ def parse_args(argv=None, description=None):
         parser.error("--forgery_look_alikes needs --forgery_loss_weight > 0")
     if args.decoder_only and not args.init_from:
         parser.error("--decoder_only needs --init_from: the encoder it keeps")
+    if args.augment_crops_shrunk_back and not args.augment:
+        parser.error("--augment_crops_shrunk_back needs --augment")
     if args.decoder_only and (args.modulation != "none" or args.modulation_mean or args.luma_residual):
         parser.error("--decoder_only keeps the --init_from pair's encoding: leave out --modulation, "
                      "--modulation_mean and --luma_residual")
@@ -344,7 +347,8 @@ def build_models(args):
     recipe = RECIPES[args.recipe]
     config = ModelConfig(encoder_output="image", centred_inputs=recipe["centred_inputs"],
                          resolution=args.image_resolution, fingerprint_length=args.fingerprint_length,
-                         modulation=args.modulation, luma_residual=args.luma_residual)
+                         modulation=args.modulation, luma_residual=args.luma_residual,
+                         search_crops=args.augment_crops_shrunk_back)
     encoder = StegaStampEncoder(args.image_resolution, 3, args.fingerprint_length)
     decoder = StegaStampDecoder(args.image_resolution, 3, args.fingerprint_length)
     if recipe["he_init"]:
@@ -370,10 +374,12 @@ def load_initial_weights(pair, encoder, decoder, args):
     encoder.load_state_dict(loaded_encoder.state_dict())
     decoder.load_state_dict(loaded_decoder.state_dict())
     if args.decoder_only:
-        return dataclasses.replace(config, resolution=args.image_resolution)
+        return dataclasses.replace(config, resolution=args.image_resolution,
+                                   search_crops=args.augment_crops_shrunk_back)
     return ModelConfig(encoder_output="image", centred_inputs=config.centred_inputs,
                        resolution=args.image_resolution, fingerprint_length=args.fingerprint_length,
-                       modulation=args.modulation, luma_residual=args.luma_residual)
+                       modulation=args.modulation, luma_residual=args.luma_residual,
+                       search_crops=args.augment_crops_shrunk_back)
 
 
 @torch.no_grad()

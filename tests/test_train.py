@@ -1,5 +1,6 @@
 """Training: recipes, schedule, resume, run folder, and a real end-to-end run."""
 
+import dataclasses
 import json
 import os
 
@@ -8,6 +9,7 @@ import torch
 
 import evaluate
 from fingerprinting import detection, embedding, perturbations, training
+from fingerprinting.api import Fingerprinter
 from fingerprinting.checkpoints import SAVED_MODELS, load_checkpoint, load_model_config
 from fingerprinting.errors import UserError
 
@@ -244,6 +246,23 @@ def test_decoder_only_keeps_the_pairs_encoder_and_encoding(tmp_path, sample_fold
     assert not all(torch.equal(decoder[key], shipped_decoder[key]) for key in shipped_decoder)
     assert load_model_config(prefix + "_encoder.pth") == load_model_config(source + "_encoder.pth")
     assert final["heldout_bit_acc"] > 0.9
+
+
+def test_a_decoder_trained_on_shrunk_back_crops_is_read_searching_them(tmp_path, sample_folder):
+    """--augment_crops_shrunk_back: the new decoder's config turns --search_crops on by default."""
+    common = ["--image_resolution", "32", "--fingerprint_length", "100", "--batch_size", "8", "--num_holdout", "8",
+              "--max_steps", "3", "--lr", "1e-3", "--init_from", "cifar10_32_v4", "--decoder_only", "--augment",
+              "--augment_ramp", "1", "--augment_crops_shrunk_back"]
+    _, prefix = training.train(train_args(sample_folder, tmp_path / "decoder", *common))
+    source = load_model_config(os.path.join(SAVED_MODELS, "cifar10_32_v4") + "_encoder.pth")
+    assert load_model_config(prefix + "_decoder.pth") == dataclasses.replace(source, search_crops=True)
+    assert Fingerprinter.from_paths(None, prefix + "_decoder.pth").config.search_crops
+
+
+def test_shrunk_back_crops_need_augmentation(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train_args(tmp_path, tmp_path, "--augment_crops_shrunk_back")
+    assert "--augment_crops_shrunk_back needs --augment" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra, message", [
