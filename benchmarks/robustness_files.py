@@ -41,7 +41,8 @@ def parse_args(argv=None):
     parser.add_argument("--min_read_back", type=float, default=MIN_READ_BACK,
                         help=f"embed_fingerprints.py --min_read_back (default {MIN_READ_BACK}; 0 = exactly --strength)")
     parser.add_argument("--fpr", type=float, default=1e-6, help="detection threshold's false-positive rate")
-    parser.add_argument("--search_crops", action="store_true", help="detect_fingerprints.py --search_crops")
+    parser.add_argument("--search_crops", action=argparse.BooleanOptionalAction, default=None,
+                        help="detect_fingerprints.py --search_crops / --no-search_crops (default: the pair's choice)")
     parser.add_argument("--seed", type=int, default=42, help="fingerprint seed (default 42)")
     parser.add_argument("--cuda", type=int, default=-1, help="CUDA device; -1 = CPU (default -1)")
     args = parser.parse_args(argv)

@@ -145,7 +145,7 @@ def measure(settings):
     """Embed, change the files, detect: a report dict. `settings`: model
     (or encoder_path/decoder_path), data_dir, output_dir, keep_size,
     strength, min_read_back, center_crop, recursive, fpr, seed, cuda,
-    search_crops."""
+    search_crops (True, False or None: the pair's choice)."""
     out = lambda *parts: os.path.join(settings.output_dir, *parts)  # noqa: E731
     input_flags = input_arguments(settings)
     embedded = embedding.embed_folder(embedding.parse_args([
@@ -174,7 +174,11 @@ def detect(settings, folder, output_dir, record, *extra):
     return detection.detect_folder(detection.parse_args([
         *decoder_arguments(settings), "--data_dir", folder, "--output_dir", output_dir, "--embedded_fingerprints",
         record, "--fpr", str(settings.fpr), "--cuda", str(settings.cuda),
-        *(["--search_crops"] if settings.search_crops else []), *extra]))
+        *SEARCH_CROPS_FLAGS[settings.search_crops], *extra]))
+
+
+# settings.search_crops: on, off, or as the pair's config says.
+SEARCH_CROPS_FLAGS = {True: ["--search_crops"], False: ["--no-search_crops"], None: []}
 
 
 def encoder_arguments(settings):
