@@ -199,8 +199,8 @@ def test_one_fingerprint_folder_leaves_no_mean_residual_to_average(sample_folder
 def test_the_model_config_chooses_whether_the_mean_residual_is_taken_out(sample_folder):
     """auto: celeba_64_v4's, v5's and v6's configs take it out, the earlier pairs embed as they were measured."""
     args = ["--data_dir", str(sample_folder), "--output_dir", "unused", "--identical_fingerprints"]
-    for model, taken in (("celeba_64_v6", True), ("celeba_64_v5", True), ("celeba_64_v4", True), ("celeba_64_v3", False),
-                         ("cifar10_32_v4", False), ("cifar10_32_robust", False)):
+    for model, taken in (("celeba_64_v6", True), ("celeba_64_v5", True), ("celeba_64_v4", True),
+                         ("celeba_64_v3", False), ("cifar10_32_v4", False), ("cifar10_32_robust", False)):
         fingerprinter = Fingerprinter.load(model)
         assert embedding.takes_out_mean(embedding.parse_args(["--model", model, *args]).residual_mean,
                                         fingerprinter) is taken
