@@ -34,9 +34,9 @@ def test_the_view_as_it_is_wins_unless_another_reading_is_clearly_more_confident
 
 
 def test_a_zoomed_crop_reads_better_searched_and_clean_images_stay_clean():
-    """celeba_64_v5 on sample photos: crop 0.67 zoomed back read 0.700 of
-    the bits as is, 0.800 searched (31 % -> 83 % detected); uncropped and
-    clean images read as before."""
+    """celeba_64_v5 on 64 sample photos: crop 0.67 zoomed back reads 0.724
+    of the bits as is, 0.777 searched (53 % -> 75 % detected); uncropped
+    images read 0.958 / 0.955, clean ones stay undetected."""
     fingerprinter = Fingerprinter.load("celeba_64_v5")
     photos = data.to_float(torch.stack([data.pil_to_uint8(image) for image in sample_crops(64, 64, seed=3)]))
     marked = data.to_float(data.to_uint8(fingerprinter.embed(photos, FINGERPRINT)))
