@@ -123,6 +123,12 @@ RGB_TO_YCBCR = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5],
 YCBCR_TO_RGB = torch.linalg.inv(RGB_TO_YCBCR)
 
 
+def chroma(images):
+    """The Cb and Cr planes (b 2 h w) of RGB images or residuals (b 3 h w),
+    without JPEG's offset: a grey change has none."""
+    return torch.einsum("ij,bjhw->bihw", RGB_TO_YCBCR[1:].to(images), images)
+
+
 def quantisation_table(table, quality):
     """IJG scaling of a quality-50 table to `quality` (as libjpeg/Pillow do)."""
     scale = 5000 / quality if quality < 50 else 200 - 2 * quality

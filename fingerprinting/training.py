@@ -162,6 +162,9 @@ def build_parser(description=None):
     add("--luma_residual", action="store_true",
         help="a grey residual, the same change on the three channels: JPEG's chroma subsampling cannot "
              "remove it (default off, the published colour residual)")
+    add("--chroma_loss_weight", type=float, default=0.0,
+        help="extra L2 weight, relative to the L2 loss, on the residual's colour (Cb, Cr) planes, which JPEG "
+             "subsamples and quantises hardest: the encoder moves its change into brightness (default 0 = off)")
     add("--forgery_loss_weight", type=float, default=0.0,
         help="weight of the defence against averaging and copy attacks: images forged with another image's "
              "or a group's mean residual must decode to chance, fingerprinted ones stripped of them must "
@@ -220,9 +223,12 @@ def parse_args(argv=None, description=None):
         parser.error("--decoder_only needs --init_from: the encoder it keeps")
     if args.augment_crops_shrunk_back and not args.augment:
         parser.error("--augment_crops_shrunk_back needs --augment")
-    if args.decoder_only and (args.modulation != "none" or args.modulation_mean or args.luma_residual):
+    if args.decoder_only and (args.modulation != "none" or args.modulation_mean or args.luma_residual
+                              or args.chroma_loss_weight):
         parser.error("--decoder_only keeps the --init_from pair's encoding: leave out --modulation, "
-                     "--modulation_mean and --luma_residual")
+                     "--modulation_mean, --luma_residual and --chroma_loss_weight")
+    if args.chroma_loss_weight < 0:
+        parser.error("--chroma_loss_weight must be >= 0")
     if args.fingerprint_groups is None:
         args.fingerprint_groups = FORGERY_GROUPS if args.forgery_loss_weight else 1
     if args.fingerprint_groups < 1:
@@ -412,8 +418,9 @@ def training_step(models, optimizer, images, bits, weights, args, generator=None
         logits = decode(decoder, config, seen)
     fingerprinted, logits = fingerprinted.float(), logits.float()
     l2_loss = F.mse_loss(fingerprinted, images)
+    chroma_loss = perturbations.chroma(fingerprinted - images).pow(2).mean()
     bce_loss = F.binary_cross_entropy_with_logits(logits.view(-1), bits.view(-1))
-    loss = weights["l2"] * l2_loss + args.BCE_loss_weight * bce_loss
+    loss = weights["l2"] * (l2_loss + args.chroma_loss_weight * chroma_loss) + args.BCE_loss_weight * bce_loss
     defence = {}
     if weights.get("forgery"):
         forgery_loss, defence = defence_loss(decoder, config, images, fingerprinted, bits, args, generator)
@@ -423,7 +430,7 @@ def training_step(models, optimizer, images, bits, weights, args, generator=None
     optimizer.step()
     with torch.no_grad():
         accuracy = bit_accuracy(bits_from_logits(logits), bits).mean().item()
-        return dict(bit_acc=accuracy, bce=bce_loss.item(), l2=l2_loss.item(),
+        return dict(bit_acc=accuracy, bce=bce_loss.item(), l2=l2_loss.item(), chroma_l2=chroma_loss.item(),
                     psnr=psnr(fingerprinted.detach(), images).mean().item(), l2_weight=weights["l2"],
                     **defence), fingerprinted
 

@@ -66,6 +66,17 @@ def test_target_psnr_raises_the_l2_weight_of_a_run_below_it(tmp_path, sample_fol
     assert free["l2_weight"] == 1 and held["l2_weight"] > 2  # 80 dB is out of reach: the weight only rises
 
 
+def test_chroma_loss_weight_moves_the_residual_into_brightness(tmp_path, sample_folder, monkeypatch):
+    monkeypatch.setattr(training, "L2_ACTIVATION_ACCURACY", 0.0)  # the L2 ramp starts at step 1
+    common = ["--image_resolution", "16", "--fingerprint_length", "4", "--batch_size", "8", "--num_holdout", "0",
+              "--max_steps", "60", "--log_interval", "20", "--l2_loss_ramp", "1", "--l2_loss_weight", "10"]
+    training.train(train_args(sample_folder, tmp_path / "colour", *common))
+    training.train(train_args(sample_folder, tmp_path / "grey", *common, "--chroma_loss_weight", "20"))
+    colour, grey = ([json.loads(line) for line in open(tmp_path / run / "metrics.jsonl")][-1]
+                    for run in ("colour", "grey"))
+    assert grey["chroma_l2"] / grey["l2"] < 0.5 * colour["chroma_l2"] / colour["l2"]
+
+
 def test_weight_average_follows_the_trained_weights_at_the_decay():
     trained, averaged = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     for step, decay in [(0, 0.1), (10, 0.55), (10 ** 6, 0.9)]:  # early steps: (1 + step) / (10 + step)
@@ -268,6 +279,7 @@ def test_shrunk_back_crops_need_augmentation(tmp_path, capsys):
 @pytest.mark.parametrize("extra, message", [
     ([], "--decoder_only needs --init_from"),
     (["--init_from", "cifar10_32_v4", "--modulation", "dog"], "leave out --modulation"),
+    (["--init_from", "cifar10_32_v4", "--chroma_loss_weight", "1"], "--chroma_loss_weight"),
 ])
 def test_decoder_only_refuses_what_it_cannot_keep(tmp_path, extra, message, capsys):
     with pytest.raises(SystemExit):
