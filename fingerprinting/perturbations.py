@@ -42,11 +42,13 @@ def jpeg(images, quality):
     return data.to_float(torch.stack(out)).to(images.device)
 
 
-def center_crop(images, fraction):
-    """Keep the central `fraction` of each side, then resize back."""
+def center_crop(images, fraction, top=None):
+    """Keep the central `fraction` of each side, then resize back. `top`: the
+    crop starts that many pixels from the top and left (default: centred as
+    torchvision centres)."""
     size = images.shape[-1]
     kept = max(1, round(size * fraction))
-    cropped = TF.center_crop(images, [kept, kept])
+    cropped = TF.center_crop(images, [kept, kept]) if top is None else images[..., top:top + kept, top:top + kept]
     return F.interpolate(cropped, size=images.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
 
 
@@ -265,5 +267,9 @@ def augment_slice(images, name, ramp, generator, options=AugmentOptions()):
         # A crop of the large image comes on top of the resampling as often as not.
         crop = 1 - (1 - options.strongest_crop) * ramp * float(torch.rand((), generator=generator))
         return center_crop(resample(images, strength), crop)
-    cropped = center_crop(images, strength)
-    return crop_search.shrunk_back(cropped, strength) if options.crops_shrunk_back else cropped
+    if not options.crops_shrunk_back:
+        return center_crop(images, strength)
+    # Centred either way where the margin is odd, shrunk back in place: as the search finds it.
+    tops = crop_search.placements(images.shape[-1], round(images.shape[-1] * strength))
+    top = tops[int(torch.randint(len(tops), (), generator=generator))]
+    return crop_search.shrunk_back(center_crop(images, strength, top), strength, top)
