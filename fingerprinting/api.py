@@ -297,7 +297,7 @@ class Fingerprinter:
     def read_bits(self, views, search_crops=None):
         """Decoded bits (b L uint8) of model-size images. `search_crops`: also
         read each as a centred crop zoomed back, and keep the most confident
-        reading (crop_search.py; 6x the decoding, 12x at 32 px; content-keyed pairs only);
+        reading (crop_search.py; 9x the decoding, 18x at 32 px; content-keyed pairs only);
         None: as the pair's config says (on for a decoder trained for it)."""
         if search_crops is None:
             search_crops = self.config.search_crops

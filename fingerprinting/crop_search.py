@@ -9,13 +9,13 @@ at (docs/security.md §19).
 
 The fraction is not known, so a view is read as it is and shrunk back by
 each of the fractions `searched_fractions` gives, placed both ways where
-the crop's margin is odd, and the reading whose
-logits are the most confident is kept. The view as it is wins unless
-another reading is MARGIN times more confident: an image that was not
-cropped, but JPEG'd, reads with little confidence everywhere and would
-otherwise be taken for a crop now and then. The choice never looks at the expected fingerprint, so a clean
-image's bits stay as random as they were and the false-positive rate
-holds.
+the crop's margin is odd, and the reading whose logits are the most
+confident is kept. The view as it is wins unless another reading is
+MARGIN times more confident: an image that was not cropped, but JPEG'd,
+reads with little confidence everywhere and would otherwise be taken for
+a crop now and then. The choice never looks at the expected fingerprint,
+so a clean image's bits stay as random as they were and the
+false-positive rate holds.
 
 Pure functions over float views b c r r in [0, 1] and logits t b L.
 """

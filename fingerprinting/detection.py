@@ -42,8 +42,8 @@ def parse_args(argv=None, description=None):
     parser.add_argument("--search_crops", action=argparse.BooleanOptionalAction, default=None,
                         help="content-keyed pairs (v2 and later): also read each image as a centred crop (0.9 to "
                              "0.67 of the side) resized back, and keep the most confident reading: crops read "
-                             "better, at 6x the decoding time, 12x at 32 px (the FPR holds; docs/security.md "
-                             "sections 19-20). Default: as the pair's config says (on for celeba_64_v6 and "
+                             "better, at 9x the decoding time, 18x at 32 px (the FPR holds; docs/security.md "
+                             "sections 19-22). Default: as the pair's config says (on for celeba_64_v6 and "
                              "cifar10_32_v5, trained for it)")
     parser.add_argument("--registry", default=None,
                         help="known fingerprints ('name bits' per line): attribute each image to one, or unknown")
