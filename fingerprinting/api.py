@@ -147,19 +147,21 @@ class Fingerprinter:
                                                                               min_read_back)]
         return marked[0] if kind == "pil" else marked
 
-    def detect(self, images, fingerprint=None, fpr=1e-6, center_crop=False, search_crops=None):
+    def detect(self, images, fingerprint=None, fpr=1e-6, center_crop=False, search_crops=None,
+               search_positions=False):
         """Read the fingerprint of `images` (as for `embed`) into a Detection.
 
         Each whole image is resized to the model's size, as `embed` did;
         `center_crop=True` instead applies the CLIs' default preprocessing
         (shorter side resized to the model's size, then center-cropped).
         `search_crops=True` reads images that may have been cropped and
-        resized back better (`read_bits`; None: as the pair's config says).
+        resized back better (`read_bits`; None: as the pair's config says),
+        `search_positions=True` crops taken anywhere and shifts too.
         With `fingerprint` (as for `embed`), also scores it at `fpr`."""
         tensors, _ = as_tensors(images, self.device)
         with torch.inference_mode():
             views = [self.view_for_detection(image, center_crop) for image in tensors]
-            bits = self.read_bits(torch.stack(views), search_crops)
+            bits = self.read_bits(torch.stack(views), search_crops, search_positions)
         upscaled = torch.tensor([resizing.is_smaller_than(image, self.resolution) for image in tensors])
         if fingerprint is None:
             return Detection(bits.cpu(), upscaled)
@@ -294,17 +296,23 @@ class Fingerprinter:
                                       self.decoder_batch)
         return torch.cat([decode_views(views[start:start + BATCH_SIZE]) for start in range(0, len(views), BATCH_SIZE)])
 
-    def read_bits(self, views, search_crops=None):
+    def read_bits(self, views, search_crops=None, search_positions=False):
         """Decoded bits (b L uint8) of model-size images. `search_crops`: also
         read each as a centred crop zoomed back, and keep the most confident
         reading (crop_search.py; 9x the decoding, 18x at 32 px; content-keyed pairs only);
-        None: as the pair's config says (on for a decoder trained for it)."""
+        None: as the pair's config says (on for a decoder trained for it).
+        `search_positions`: also read each as a crop taken anywhere, or
+        shifted (about 700 decodes an image; any pair)."""
         if search_crops is None:
             search_crops = self.config.search_crops
         if search_crops:
             self.check_can_search_crops()
-            return bits_from_logits(crop_search.searched_logits(self.logits, views))
-        return bits_from_logits(self.logits(views))
+            logits = crop_search.searched_logits(self.logits, views)
+        else:
+            logits = self.logits(views)
+        if search_positions:
+            logits = crop_search.position_searched_logits(self.logits, views, logits)
+        return bits_from_logits(logits)
 
     def check_can_search_crops(self):
         if not self.is_content_keyed:

@@ -17,6 +17,14 @@ a crop now and then. The choice never looks at the expected fingerprint,
 so a clean image's bits stay as random as they were and the
 false-positive rate holds.
 
+A crop taken anywhere else, or an image shifted by a few pixels, misses
+every centred reading: each shipped pair reads it at chance. With
+`search_positions`, such a view is also shrunk back into every place it
+may have come from (`crops_anywhere`, on a grid a step apart, the best then
+refined to the pixel) and moved back by a few steps each way
+(`shifts_back`), again keeping the most confident reading, MARGIN ahead
+of the readings before (docs/robust_training.md, "Crops anywhere").
+
 Pure functions over float views b c r r in [0, 1] and logits t b L.
 """
 
@@ -59,9 +67,25 @@ def shrunk_back(views, fraction, before=None):
     size = round(resolution * fraction)
     if before is None:
         before = (resolution - size) // 2
-    after = resolution - size - before
+    return shrunk_into(views, size, before, before)
+
+
+def shrunk_into(views, size, top, left):
+    """`views` (b c r r) shrunk to `size` pixels (antialiased), placed `top`
+    and `left` pixels in, the border replicated out to r x r: a crop taken
+    there and zoomed back, undone."""
+    margin = views.shape[-1] - size
     small = F.interpolate(views, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return F.pad(small, (before, after, before, after), mode="replicate")
+    return F.pad(small, (left, margin - left, top, margin - top), mode="replicate")
+
+
+def moved(views, down, right):
+    """`views` (b c r r) moved `down` and `right` pixels (negative: up, left),
+    the border replicated in."""
+    resolution = views.shape[-1]
+    padded = F.pad(views, (max(right, 0), max(-right, 0), max(down, 0), max(-down, 0)), mode="replicate")
+    top, left = max(-down, 0), max(-right, 0)
+    return padded[..., top:top + resolution, left:left + resolution]
 
 
 def most_confident(readings):
@@ -85,3 +109,94 @@ def searched_logits(logits_of, views):
     readings = [logits_of(views)] + [logits_of(shrunk_back(views, fraction, before))
                                      for fraction, before in searched_shrinks(views.shape[-1])]
     return most_confident(torch.stack(readings))
+
+
+# --- crops anywhere and shifts (search_positions) -------------------------------------
+
+SHIFT_STEPS = 3  # a shifted view is moved back up to this many grid steps each way
+
+
+def grid_step(resolution):
+    """Pixels between the sizes and places first tried: 1 at 32 px, 2 at 64 px."""
+    return max(1, resolution // 32)
+
+
+def crops_anywhere(resolution):
+    """(size, top, left) of every crop the position search first reads: sizes
+    from a pixel short of the side down to the smallest of FRACTIONS, and
+    places, a grid step apart (and flush with the far edges)."""
+    step, smallest = grid_step(resolution), round(resolution * min(FRACTIONS))
+    crops = []
+    for size in range(resolution - 1, smallest - 1, -step):
+        margin = resolution - size
+        places = sorted(set(range(0, margin + 1, step)) | {margin})
+        crops += [(size, top, left) for top in places for left in places]
+    return crops
+
+
+def shifts_back(resolution):
+    """(down, right) of every move back the position search reads."""
+    reach = SHIFT_STEPS * grid_step(resolution)
+    offsets = range(-reach, reach + 1, grid_step(resolution))
+    return [(down, right) for down in offsets for right in offsets if down or right]
+
+
+def nudges(resolution):
+    """(grown, down, right) of every crop within a grid step of another, in size and place."""
+    step = grid_step(resolution)
+    near = range(1 - step, step)
+    return [(grown, down, right) for grown in range(-step, step + 1) for down in near for right in near
+            if (grown, down, right) != (0, 0, 0)]
+
+
+def nudged(crop, nudge, resolution):
+    """`crop` (size, top, left) moved by `nudge` (grown, down, right), or None outside the view."""
+    size, top, left = (value + change for value, change in zip(crop, nudge))
+    return (size, top, left) if 0 <= min(top, left) and max(top, left) <= resolution - size < resolution else None
+
+
+class MostConfident:
+    """The running most confident reading of each view: logits b L, their
+    confidence (mean |logit|) and the crop it came from (None: a shift)."""
+
+    def __init__(self, logits, crop=None):
+        self.logits, self.confidence = logits.clone(), logits.abs().mean(1)
+        self.crops = [crop] * len(logits)
+
+    def offer(self, logits, crops=None, rows=None):
+        """Keep `logits` (of the views `rows`, default all) where more confident;
+        `crops`: the crop they were read through, or a list of one per row."""
+        rows = torch.arange(len(self.logits), device=logits.device) if rows is None else rows
+        crops = crops if isinstance(crops, list) else [crops] * len(rows)
+        better = logits.abs().mean(1) > self.confidence[rows]
+        self.logits[rows[better]], self.confidence[rows[better]] = logits[better], logits[better].abs().mean(1)
+        for index in better.nonzero().flatten().tolist():
+            self.crops[rows[index]] = crops[index]
+
+
+def position_searched_logits(logits_of, views, before):
+    """Logits (b L) of `views` read as crops taken anywhere and as shifts,
+    where MARGIN more confident than `before` (b L, the readings so far)."""
+    resolution = views.shape[-1]
+    first, *others = crops_anywhere(resolution)
+    best = MostConfident(logits_of(shrunk_into(views, *first)), first)
+    for crop in others:
+        best.offer(logits_of(shrunk_into(views, *crop)), crop)
+    for down, right in shifts_back(resolution):
+        best.offer(logits_of(moved(views, down, right)))
+    if grid_step(resolution) > 1:
+        refine(logits_of, views, best)
+    found = best.confidence > MARGIN * before.abs().mean(1)
+    return torch.where(found.unsqueeze(1), best.logits, before)
+
+
+def refine(logits_of, views, best):
+    """Offer each view the crops within a grid step of its best one (views
+    whose best reading is a shift are left as they are)."""
+    resolution, starts = views.shape[-1], list(best.crops)
+    for nudge in nudges(resolution):
+        crops = {row: nudged(start, nudge, resolution) for row, start in enumerate(starts) if start is not None}
+        crops = {row: crop for row, crop in crops.items() if crop is not None}
+        if crops:
+            shrunk = torch.cat([shrunk_into(views[row:row + 1], *crop) for row, crop in crops.items()])
+            best.offer(logits_of(shrunk), list(crops.values()), torch.tensor(list(crops), device=views.device))
