@@ -1,7 +1,8 @@
 """Robustness as a user meets it: embed with the CLI, change the saved files
 with Pillow, detect with the CLI (fingerprinting/file_changes.py).
 
-At the model's size: JPEG, blur, noise, crops and their chains. With
+At the model's size: JPEG, blur, noise, crops (centred, and anywhere), a
+2-pixel shift and chains (--search_positions reads the last two). With
 --keep_size (images at their own size, the residual method): JPEG 95/75/50,
 WebP 80, downscales then JPEG 75, crops (and then JPEG 75), rotation 5° and
 the combined attack of VideoSeal and OmniSealBench; PSNR and SSIM at the
@@ -43,6 +44,8 @@ def parse_args(argv=None):
     parser.add_argument("--fpr", type=float, default=1e-6, help="detection threshold's false-positive rate")
     parser.add_argument("--search_crops", action=argparse.BooleanOptionalAction, default=None,
                         help="detect_fingerprints.py --search_crops / --no-search_crops (default: the pair's choice)")
+    parser.add_argument("--search_positions", action="store_true",
+                        help="detect_fingerprints.py --search_positions: crops taken anywhere, and shifts")
     parser.add_argument("--seed", type=int, default=42, help="fingerprint seed (default 42)")
     parser.add_argument("--cuda", type=int, default=-1, help="CUDA device; -1 = CPU (default -1)")
     args = parser.parse_args(argv)

@@ -45,6 +45,27 @@ def center_crop(fraction):
     return crop
 
 
+def crop_anywhere(fraction, seed=0):
+    """`fraction` of each side, kept at a random place (seeded), resized back."""
+    generator = np.random.default_rng(seed)
+
+    def crop(image):
+        width, height = image.size
+        kept_w, kept_h = round(width * fraction), round(height * fraction)
+        left, top = (int(generator.integers(0, margin + 1)) for margin in (width - kept_w, height - kept_h))
+        return image.crop((left, top, left + kept_w, top + kept_h)).resize((width, height))
+    return crop
+
+
+def shift(pixels):
+    """Content moved `pixels` right and down, the edge pixels repeated in."""
+    def moved(image):
+        array = np.asarray(image)
+        padded = np.pad(array, ((pixels, 0), (pixels, 0), (0, 0)), mode="edge")
+        return Image.fromarray(padded[:image.height, :image.width])
+    return moved
+
+
 def gaussian_noise(std, seed=0):
     generator = np.random.default_rng(seed)
 
@@ -99,6 +120,8 @@ FILE_CHANGES = {
     "crop 0.67": png(center_crop(0.67)),
     "crop 3/4 + jpeg 75": then(center_crop(0.75), jpeg(75)),
     "resize 1/2 + jpeg 75": then(resize(0.5), jpeg(75)),
+    "crop 3/4 anywhere": png(crop_anywhere(0.75)),  # read with --search_positions
+    "shift 2 px": png(shift(2)),
 }
 # At the images' own size (--keep_size): what happens to a large photo online.
 NATIVE_FILE_CHANGES = {
@@ -145,7 +168,7 @@ def measure(settings):
     """Embed, change the files, detect: a report dict. `settings`: model
     (or encoder_path/decoder_path), data_dir, output_dir, keep_size,
     strength, min_read_back, center_crop, recursive, fpr, seed, cuda,
-    search_crops (True, False or None: the pair's choice)."""
+    search_crops (True, False or None: the pair's choice), search_positions."""
     out = lambda *parts: os.path.join(settings.output_dir, *parts)  # noqa: E731
     input_flags = input_arguments(settings)
     embedded = embedding.embed_folder(embedding.parse_args([
@@ -174,7 +197,8 @@ def detect(settings, folder, output_dir, record, *extra):
     return detection.detect_folder(detection.parse_args([
         *decoder_arguments(settings), "--data_dir", folder, "--output_dir", output_dir, "--embedded_fingerprints",
         record, "--fpr", str(settings.fpr), "--cuda", str(settings.cuda),
-        *SEARCH_CROPS_FLAGS[settings.search_crops], *extra]))
+        *SEARCH_CROPS_FLAGS[settings.search_crops], *(["--search_positions"] if settings.search_positions else []),
+        *extra]))
 
 
 # settings.search_crops: on, off, or as the pair's config says.
