@@ -1,8 +1,8 @@
 """Robustness as a user meets it: embed with the CLI, change the saved files
 with Pillow, detect with the CLI (fingerprinting/file_changes.py).
 
-At the model's size: JPEG, blur, noise, crops (centred, and anywhere), a
-2-pixel shift and chains (--search_positions reads the last two). With
+At the model's size: JPEG, blur, noise, centred crops and their chains;
+a 3/4 crop taken anywhere and a 2-pixel shift (read with --search_positions). With
 --keep_size (images at their own size, the residual method): JPEG 95/75/50,
 WebP 80, downscales then JPEG 75, crops (and then JPEG 75), rotation 5° and
 the combined attack of VideoSeal and OmniSealBench; PSNR and SSIM at the
