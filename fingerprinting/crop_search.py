@@ -88,12 +88,39 @@ def moved(views, down, right):
     return padded[..., top:top + resolution, left:left + resolution]
 
 
+class MostConfident:
+    """The running most confident reading of each view: logits b L, their
+    confidence (mean |logit|) and the crop it came from (None: a shift, or not tracked)."""
+
+    def __init__(self, logits, crop=None):
+        self.logits, self.confidence = logits.clone(), logits.abs().mean(1)
+        self.crops = [crop] * len(logits)
+
+    def offer(self, logits, crops=None, rows=None):
+        """Keep `logits` (of the views `rows`, default all) where more confident;
+        `crops`: the crop they were read through, or a list of one per row."""
+        rows = torch.arange(len(self.logits), device=logits.device) if rows is None else rows
+        crops = crops if isinstance(crops, list) else [crops] * len(rows)
+        better = logits.abs().mean(1) > self.confidence[rows]
+        self.logits[rows[better]], self.confidence[rows[better]] = logits[better], logits[better].abs().mean(1)
+        for index in better.nonzero().flatten().tolist():
+            self.crops[rows[index]] = crops[index]
+
+
 def most_confident(readings):
     """Per image, the most confident of `readings` (t b L logits, the first
     of the view as it is, favoured by MARGIN): b L."""
-    confidence = readings.abs().mean(2)
-    confidence[1:] /= MARGIN
-    return readings[confidence.argmax(0), torch.arange(readings.shape[1], device=readings.device)]
+    best = MostConfident(readings[1])
+    for reading in readings[2:]:
+        best.offer(reading)
+    return clearly_better(best, readings[0])
+
+
+def clearly_better(best, before):
+    """Per image, `best`'s reading (a MostConfident) where it is MARGIN times
+    as confident as `before` (b L logits), else `before`: b L."""
+    found = best.confidence > MARGIN * before.abs().mean(1)
+    return torch.where(found.unsqueeze(1), best.logits, before)
 
 
 def searched_shrinks(resolution):
@@ -155,25 +182,6 @@ def nudged(crop, nudge, resolution):
     return (size, top, left) if 0 <= min(top, left) and max(top, left) <= resolution - size < resolution else None
 
 
-class MostConfident:
-    """The running most confident reading of each view: logits b L, their
-    confidence (mean |logit|) and the crop it came from (None: a shift)."""
-
-    def __init__(self, logits, crop=None):
-        self.logits, self.confidence = logits.clone(), logits.abs().mean(1)
-        self.crops = [crop] * len(logits)
-
-    def offer(self, logits, crops=None, rows=None):
-        """Keep `logits` (of the views `rows`, default all) where more confident;
-        `crops`: the crop they were read through, or a list of one per row."""
-        rows = torch.arange(len(self.logits), device=logits.device) if rows is None else rows
-        crops = crops if isinstance(crops, list) else [crops] * len(rows)
-        better = logits.abs().mean(1) > self.confidence[rows]
-        self.logits[rows[better]], self.confidence[rows[better]] = logits[better], logits[better].abs().mean(1)
-        for index in better.nonzero().flatten().tolist():
-            self.crops[rows[index]] = crops[index]
-
-
 def position_searched_logits(logits_of, views, before):
     """Logits (b L) of `views` read as crops taken anywhere and as shifts,
     where MARGIN more confident than `before` (b L, the readings so far)."""
@@ -186,8 +194,7 @@ def position_searched_logits(logits_of, views, before):
         best.offer(logits_of(moved(views, down, right)))
     if grid_step(resolution) > 1:
         refine(logits_of, views, best)
-    found = best.confidence > MARGIN * before.abs().mean(1)
-    return torch.where(found.unsqueeze(1), best.logits, before)
+    return clearly_better(best, before)
 
 
 def refine(logits_of, views, best):

@@ -35,26 +35,27 @@ def png(change):
     return lambda image: (change(image), dict(format="PNG"))
 
 
-def center_crop(fraction):
-    """The central `fraction` of each side, resized back (Pillow's default filter)."""
+def cropped_back(fraction, place):
+    """`fraction` of each side kept where `place(margin_w, margin_h)` -> (left,
+    top) puts it, resized back (Pillow's default filter)."""
     def crop(image):
         width, height = image.size
         kept_w, kept_h = round(width * fraction), round(height * fraction)
-        left, top = (width - kept_w) // 2, (height - kept_h) // 2
+        left, top = place(width - kept_w, height - kept_h)
         return image.crop((left, top, left + kept_w, top + kept_h)).resize((width, height))
     return crop
+
+
+def center_crop(fraction):
+    """The central `fraction` of each side, resized back."""
+    return cropped_back(fraction, lambda margin_w, margin_h: (margin_w // 2, margin_h // 2))
 
 
 def crop_anywhere(fraction, seed=0):
     """`fraction` of each side, kept at a random place (seeded), resized back."""
     generator = np.random.default_rng(seed)
-
-    def crop(image):
-        width, height = image.size
-        kept_w, kept_h = round(width * fraction), round(height * fraction)
-        left, top = (int(generator.integers(0, margin + 1)) for margin in (width - kept_w, height - kept_h))
-        return image.crop((left, top, left + kept_w, top + kept_h)).resize((width, height))
-    return crop
+    return cropped_back(fraction, lambda margin_w, margin_h: (int(generator.integers(0, margin_w + 1)),
+                                                              int(generator.integers(0, margin_h + 1))))
 
 
 def shift(pixels):
