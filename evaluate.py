@@ -208,7 +208,7 @@ def evaluate_native(args):
                                   data_dir=folder, output_dir=os.path.join(args.output_dir, "files"), keep_size=True,
                                   strength=args.strength, min_read_back=args.min_read_back, center_crop=0,
                                   recursive=False, fpr=args.fpr, seed=args.seed, cuda=args.cuda,
-                                  search_crops=None)
+                                  search_crops=None, search_positions=False, search_rotations=False)
     report = file_changes.measure(settings)
     with open(os.path.join(args.output_dir, "report.json"), "w", encoding="utf-8") as file:
         json.dump(report, file, indent=2)

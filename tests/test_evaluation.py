@@ -1,10 +1,12 @@
 """Metrics against hand-computed values on tiny inputs."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from fingerprinting import data, evaluation, perturbations, resizing, sample_images
+from fingerprinting import data, evaluation, file_changes, perturbations, resizing, sample_images
 from fingerprinting.bits import binomial_p_value, min_matching_bits, paper_min_matching_bits
 
 
@@ -201,3 +203,17 @@ def test_fid_command_between_two_folders(tmp_path, sample_folder):
     value = evaluation.fid_between_folders(sample_folder, sample_folder)
     assert abs(value) < 1e-3  # a folder against itself
     fid.main(fid.parse_args([sample_folder, sample_folder, "--cuda", "-1"]))
+
+
+def test_evaluate_at_native_size_reads_every_file_change(tmp_path):
+    """evaluate.py --keep_size on four 96-pixel photos with celeba_64_native2:
+    every native file change is read, the unchanged files fully."""
+    import evaluate
+
+    sample_images.write_sample_images(str(tmp_path / "photos"), count=4, size=96)
+    evaluate.main(evaluate.parse_args(
+        ["--model", "celeba_64_native2", "--data_dir", str(tmp_path / "photos"), "--output_dir", str(tmp_path / "out"),
+         "--keep_size", "--num_images", "4", "--cuda", "-1"]))
+    report = json.load(open(tmp_path / "out" / "report.json", encoding="utf-8"))
+    accuracy = {row["change"]: row["bit_accuracy"] for row in report["rows"]}
+    assert set(accuracy) >= set(file_changes.NATIVE_FILE_CHANGES) and accuracy["png (unchanged)"] >= 0.95
