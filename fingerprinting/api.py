@@ -148,7 +148,7 @@ class Fingerprinter:
         return marked[0] if kind == "pil" else marked
 
     def detect(self, images, fingerprint=None, fpr=1e-6, center_crop=False, search_crops=None,
-               search_positions=False):
+               search_positions=False, search_rotations=False):
         """Read the fingerprint of `images` (as for `embed`) into a Detection.
 
         Each whole image is resized to the model's size, as `embed` did;
@@ -156,12 +156,15 @@ class Fingerprinter:
         (shorter side resized to the model's size, then center-cropped).
         `search_crops=True` reads images that may have been cropped and
         resized back better (`read_bits`; None: as the pair's config says),
-        `search_positions=True` crops taken anywhere and shifts too.
+        `search_positions=True` crops taken anywhere and shifts too,
+        `search_rotations=True` images turned by up to 30 degrees.
         With `fingerprint` (as for `embed`), also scores it at `fpr`."""
         tensors, _ = as_tensors(images, self.device)
         with torch.inference_mode():
             views = [self.view_for_detection(image, center_crop) for image in tensors]
-            bits = self.read_bits(torch.stack(views), search_crops, search_positions)
+            aspects = torch.tensor([1.0 if center_crop else resizing.view_aspect(*image.shape[-2:])
+                                    for image in tensors])
+            bits = self.read_bits(torch.stack(views), search_crops, search_positions, search_rotations, aspects)
         upscaled = torch.tensor([resizing.is_smaller_than(image, self.resolution) for image in tensors])
         if fingerprint is None:
             return Detection(bits.cpu(), upscaled)
@@ -296,13 +299,16 @@ class Fingerprinter:
                                       self.decoder_batch)
         return torch.cat([decode_views(views[start:start + BATCH_SIZE]) for start in range(0, len(views), BATCH_SIZE)])
 
-    def read_bits(self, views, search_crops=None, search_positions=False):
+    def read_bits(self, views, search_crops=None, search_positions=False, search_rotations=False, aspects=None):
         """Decoded bits (b L uint8) of model-size images. `search_crops`: also
         read each as a centred crop zoomed back, and keep the most confident
         reading (crop_search.py; 9x the decoding, 18x at 32 px; content-keyed pairs only);
         None: as the pair's config says (on for a decoder trained for it).
         `search_positions`: also read each as a crop taken anywhere, or
-        shifted (about 700 decodes an image; any pair)."""
+        shifted (about 700 decodes an image; any pair). `search_rotations`:
+        also read each turned back by up to ROTATION_DEGREES (60 decodes an
+        image; any pair), in the geometry of images whose width / height
+        were `aspects` (b; default: square)."""
         if search_crops is None:
             search_crops = self.config.search_crops
         if search_crops:
@@ -310,6 +316,9 @@ class Fingerprinter:
             logits = crop_search.searched_logits(self.logits, views)
         else:
             logits = self.logits(views)
+        if search_rotations:
+            aspects = torch.ones(len(views)) if aspects is None else aspects
+            logits = crop_search.rotation_searched_logits(self.logits, views, aspects, logits)
         if search_positions:
             logits = crop_search.position_searched_logits(self.logits, views, logits)
         return bits_from_logits(logits)

@@ -191,8 +191,9 @@ class NativeImageFiles(ImageFiles):
     """Images at their own size (--keep_size), each with its model view.
 
     Items carry (uint8 pixels c h w, or None without `keep_pixels`; the
-    float view c r r the networks read, `resizing.model_view`), computed in
-    the reader processes."""
+    float view c r r the networks read, `resizing.model_view`; whether it was
+    upscaled; the width / height squashed into it, `resizing.view_aspect`),
+    computed in the reader processes."""
 
     def __init__(self, data_dir, relative_paths, resolution, keep_pixels=True):
         super().__init__(data_dir, relative_paths, resolution)
@@ -201,7 +202,8 @@ class NativeImageFiles(ImageFiles):
     def prepare(self, image):
         pixels = pil_to_uint8(image)
         view = resizing.model_view(pixels.unsqueeze(0), self.resolution)[0]
-        return pixels if self.keep_pixels else None, view, resizing.is_smaller_than(pixels, self.resolution)
+        return (pixels if self.keep_pixels else None, view, resizing.is_smaller_than(pixels, self.resolution),
+                resizing.view_aspect(*pixels.shape[-2:]))
 
 
 def pil_to_uint8(image):
@@ -218,18 +220,20 @@ def collate_records(records):
     failed = [(index, error) for index, _, error in records if error is not None]
     indices = torch.tensor([index for index, _ in good], dtype=torch.long)
     if good and isinstance(good[0][1], tuple):
-        pixels, views, upscaled = zip(*(image for _, image in good))
-        return indices, NativeBatch(list(pixels), torch.stack(views), torch.tensor(upscaled)), failed
+        pixels, views, upscaled, aspects = zip(*(image for _, image in good))
+        batch = NativeBatch(list(pixels), torch.stack(views), torch.tensor(upscaled), torch.tensor(aspects))
+        return indices, batch, failed
     images = torch.stack([image for _, image in good]) if good else torch.empty(0, dtype=torch.uint8)
     return indices, images, failed
 
 
 class NativeBatch:
     """Images of mixed sizes: their uint8 pixels (a list of c h w, or Nones),
-    their model views (b c r r, float) and whether each was upscaled (b)."""
+    their model views (b c r r, float), whether each was upscaled (b) and the
+    width / height of what each view holds (b)."""
 
-    def __init__(self, pixels, views, upscaled):
-        self.pixels, self.views, self.upscaled = pixels, views, upscaled
+    def __init__(self, pixels, views, upscaled, aspects):
+        self.pixels, self.views, self.upscaled, self.aspects = pixels, views, upscaled, aspects
 
     def __len__(self):
         return len(self.views)

@@ -50,6 +50,11 @@ def parse_args(argv=None, description=None):
                              "or shifted a few pixels, and keep the most confident reading: off-centre crops and "
                              "shifts read instead of failing, at about 700 decodes an image (any pair; the FPR "
                              "holds; docs/robust_training.md, 'Crops anywhere')")
+    parser.add_argument("--search_rotations", action="store_true",
+                        help="also read each image turned back by every whole degree up to 30 either way, and keep "
+                             "the most confident reading: photos rotated (their size kept) read instead of failing, "
+                             "at 60 more decodes an image (any pair; the FPR holds; docs/robust_training.md, "
+                             "'Rotations')")
     parser.add_argument("--registry", default=None,
                         help="known fingerprints ('name bits' per line): attribute each image to one, or unknown")
     args = parser.parse_args(argv)
@@ -80,11 +85,13 @@ def detect_folder(args):
 
     def decode_batch(indices, images):
         if isinstance(images, data.NativeBatch):
-            views = images.views.to(device, non_blocking=True)
-        else:
+            views, aspects = images.views.to(device, non_blocking=True), images.aspects
+        else:  # preprocessed to a square at a uniform scale
             views = torch.stack([resizing.model_view(image.unsqueeze(0), fingerprinter.resolution)[0]
                                  for image in folders.model_input(images, device)])
-        bits = fingerprinter.read_bits(views, args.search_crops, args.search_positions).cpu()
+            aspects = None
+        bits = fingerprinter.read_bits(views, args.search_crops, args.search_positions, args.search_rotations,
+                                       aspects).cpu()
         return [fingerprint_line(names[index], row) for index, row in zip(indices, bits)], []
 
     results = folders.run_over_folder(args, context, device, dataset, names, RECORD_FILE, decode_batch, "detecting")

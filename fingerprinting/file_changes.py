@@ -123,6 +123,7 @@ FILE_CHANGES = {
     "resize 1/2 + jpeg 75": then(resize(0.5), jpeg(75)),
     "crop 3/4 anywhere": png(crop_anywhere(0.75)),  # read with --search_positions
     "shift 2 px": png(shift(2)),
+    "rotation 5°": png(rotation(5)),  # read with --search_rotations
 }
 # At the images' own size (--keep_size): what happens to a large photo online.
 NATIVE_FILE_CHANGES = {
@@ -169,7 +170,8 @@ def measure(settings):
     """Embed, change the files, detect: a report dict. `settings`: model
     (or encoder_path/decoder_path), data_dir, output_dir, keep_size,
     strength, min_read_back, center_crop, recursive, fpr, seed, cuda,
-    search_crops (True, False or None: the pair's choice), search_positions."""
+    search_crops (True, False or None: the pair's choice), search_positions,
+    search_rotations."""
     out = lambda *parts: os.path.join(settings.output_dir, *parts)  # noqa: E731
     input_flags = input_arguments(settings)
     embedded = embedding.embed_folder(embedding.parse_args([
@@ -199,7 +201,7 @@ def detect(settings, folder, output_dir, record, *extra):
         *decoder_arguments(settings), "--data_dir", folder, "--output_dir", output_dir, "--embedded_fingerprints",
         record, "--fpr", str(settings.fpr), "--cuda", str(settings.cuda),
         *SEARCH_CROPS_FLAGS[settings.search_crops], *(["--search_positions"] if settings.search_positions else []),
-        *extra]))
+        *(["--search_rotations"] if settings.search_rotations else []), *extra]))
 
 
 # settings.search_crops: on, off, or as the pair's config says.

@@ -36,6 +36,13 @@ def fingerprinted_box(height, width):
     return (height - side) // 2, (width - side) // 2, side, side
 
 
+def view_aspect(height, width):
+    """Width / height of the part of an image that `model_view` squashes into
+    the square view (1 for an elongated image's centred square)."""
+    _, _, box_height, box_width = fingerprinted_box(height, width)
+    return box_width / box_height
+
+
 def model_view(images, resolution):
     """What the networks see of images (b c h w) of one size, as floats in
     [0, 1]: the fingerprinted box resized to resolution x resolution
