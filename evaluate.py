@@ -204,11 +204,10 @@ def evaluate_native(args):
         link = os.path.join(folder, path.replace("/", "__"))
         if not os.path.lexists(link):
             os.symlink(os.path.abspath(os.path.join(args.data_dir, path)), link)
-    settings = argparse.Namespace(model=None, encoder_path=args.encoder_path, decoder_path=args.decoder_path,
-                                  data_dir=folder, output_dir=os.path.join(args.output_dir, "files"), keep_size=True,
-                                  strength=args.strength, min_read_back=args.min_read_back, center_crop=0,
-                                  recursive=False, fpr=args.fpr, seed=args.seed, cuda=args.cuda,
-                                  search_crops=None, search_positions=False, search_rotations=False)
+    settings = file_changes.settings_of(model=None, encoder_path=args.encoder_path, decoder_path=args.decoder_path,
+                                        data_dir=folder, output_dir=os.path.join(args.output_dir, "files"),
+                                        keep_size=True, strength=args.strength, min_read_back=args.min_read_back,
+                                        center_crop=0, recursive=False, fpr=args.fpr, seed=args.seed, cuda=args.cuda)
     report = file_changes.measure(settings)
     with open(os.path.join(args.output_dir, "report.json"), "w", encoding="utf-8") as file:
         json.dump(report, file, indent=2)

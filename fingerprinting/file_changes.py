@@ -9,6 +9,7 @@ measured false-positive rate. PSNR and SSIM compare each saved file with
 its input at the size it was saved (with --keep_size, the input's own).
 """
 
+import argparse
 import os
 
 import numpy as np
@@ -166,12 +167,21 @@ def ssim_of_files(inputs, outputs, names):
     return float(np.mean(values)) if values else None
 
 
+# How detection searches, unless the settings say otherwise: crops as the pair's
+# config says (True: on, False: off), no positions, no rotations.
+SEARCHES = dict(search_crops=None, search_positions=False, search_rotations=False)
+
+
+def settings_of(**values):
+    """`measure`'s settings from `values`, the searches as SEARCHES unless given."""
+    return argparse.Namespace(**{**SEARCHES, **values})
+
+
 def measure(settings):
     """Embed, change the files, detect: a report dict. `settings`: model
     (or encoder_path/decoder_path), data_dir, output_dir, keep_size,
     strength, min_read_back, center_crop, recursive, fpr, seed, cuda,
-    search_crops (True, False or None: the pair's choice), search_positions,
-    search_rotations."""
+    and each of SEARCHES."""
     out = lambda *parts: os.path.join(settings.output_dir, *parts)  # noqa: E731
     input_flags = input_arguments(settings)
     embedded = embedding.embed_folder(embedding.parse_args([
@@ -200,8 +210,9 @@ def detect(settings, folder, output_dir, record, *extra):
     return detection.detect_folder(detection.parse_args([
         *decoder_arguments(settings), "--data_dir", folder, "--output_dir", output_dir, "--embedded_fingerprints",
         record, "--fpr", str(settings.fpr), "--cuda", str(settings.cuda),
-        *SEARCH_CROPS_FLAGS[settings.search_crops], *(["--search_positions"] if settings.search_positions else []),
-        *(["--search_rotations"] if settings.search_rotations else []), *extra]))
+        *SEARCH_CROPS_FLAGS[settings.search_crops],
+        *[f"--{search}" for search in ("search_positions", "search_rotations") if getattr(settings, search)],
+        *extra]))
 
 
 # settings.search_crops: on, off, or as the pair's config says.
