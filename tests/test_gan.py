@@ -31,6 +31,14 @@ def test_gan_training_resumes_and_generates_deterministically(tmp_path, sample_f
     assert first.dtype == torch.uint8 and torch.equal(first, second)
 
 
+def test_mirror_augmentation_flips_about_half_the_images_left_to_right():
+    images = torch.rand(400, 3, 8, 8)
+    mirrored = gan.mirrored_at_random(images, torch.Generator().manual_seed(0))
+    flipped = torch.tensor([torch.equal(m, i.flip(-1)) for m, i in zip(mirrored, images)])
+    kept = torch.tensor([torch.equal(m, i) for m, i in zip(mirrored, images)])
+    assert bool((flipped ^ kept).all()) and 150 < int(flipped.sum()) < 250
+
+
 def test_weight_perturbations_change_copies_only():
     generator, _ = gan.build(32, 8)
     before = [p.clone() for p in generator.parameters()]

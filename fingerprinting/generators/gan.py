@@ -118,6 +118,8 @@ def train_gan(args):
         step += 1
         generator_rng = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         real = data.to_float(images[torch.randint(len(images), (args.batch_size,), generator=generator_rng)])
+        if args.mirror:
+            real = mirrored_at_random(real, generator_rng)
         losses = gan_step(generator, discriminator, optimizers, real.to(device), generator_rng)
         progress.update(1)
         if step % args.log_interval == 0 or step == args.steps:
@@ -130,6 +132,13 @@ def train_gan(args):
     progress.close()
     writer.close()
     return path
+
+
+def mirrored_at_random(images, rng):
+    """`images` (b c h w), each flipped left to right with probability 1/2
+    (StyleGAN's `--mirror`, the usual augmentation of a face or scene GAN)."""
+    flip = torch.rand(len(images), generator=rng) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
 def gan_step(generator, discriminator, optimizers, real, rng):
@@ -211,6 +220,8 @@ def parse_args(argv=None):
     train.add_argument("--steps", type=int, default=20000, help="default 20000")
     train.add_argument("--batch_size", type=int, default=64, help="default 64")
     train.add_argument("--lr", type=float, default=2e-4, help="default 2e-4")
+    train.add_argument("--mirror", action="store_true",
+                       help="flip half the training images left to right, at random (StyleGAN's --mirror)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--cuda", type=int, default=0, help="CUDA device; -1 or no GPU = CPU")
     train.add_argument("--num_workers", type=int, default=0)
