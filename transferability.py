@@ -17,6 +17,11 @@ generate fingerprinted images?
 7. attribution across --num_sources GANs trained with different fingerprints.
    (6 and 7 are GAN only: on a CPU they would cost a DDPM many sampling runs.)
 
+With --mirror (GAN only), every GAN is trained with mirror augmentation, as
+face and scene GANs usually are, so that half the generated images carry the
+fingerprint's mirror image, and every image is read as it is and mirrored
+(detect_fingerprints.py --search_mirror).
+
     python transferability.py --model cifar10_32 --data_dir cifar10/ --output_dir runs/transfer --gan_steps 20000
     python transferability.py --model cifar10_32 --data_dir cifar10/ --output_dir runs/ddpm --generator ddpm \
         --gan_steps 100000 --num_generated 10000 --fid --cuda 0
@@ -67,6 +72,10 @@ def parse_args(argv=None):
         help="ddpm: steps between bit-accuracy probes of the samples along training (default 1000)")
     add("--probe_images", type=int, default=256, help="ddpm: samples per probe (default 256)")
     add("--bf16", action="store_true", help="ddpm: bfloat16 autocast in training")
+    add("--mirror", action="store_true",
+        help="GAN only: train every GAN with mirror augmentation (half the images flipped left to right, "
+             "StyleGAN's --mirror) and read the generated images as they are and mirrored "
+             "(detect_fingerprints.py --search_mirror)")
     add("--num_generated", type=int, default=1000, help="images generated per GAN (default 1000)")
     add("--num_sources", type=int, default=2, help="GANs with different fingerprints for attribution (default 2)")
     add("--source_steps", type=int, default=None, help="GAN steps for the attribution sources (default --gan_steps)")
@@ -84,6 +93,8 @@ def parse_args(argv=None):
     if args.num_sources < 2:
         parser.error("--num_sources must be >= 2")
     folders.resolve_model(parser, args, need_encoder=not args.smoke, need_decoder=not args.smoke)
+    if args.mirror and args.generator != "gan":
+        parser.error("--mirror: for --generator gan only")
     if args.generator == "ddpm" and importlib.util.find_spec("diffusers") is None:
         parser.error("--generator ddpm needs diffusers: pip install -r requirements-diffusers.txt")
     return args
@@ -120,7 +131,8 @@ def train(args, data_dir, name, steps, resolution, probe=None):
               "--seed", str(args.seed),
               "--cuda", str(args.cuda), "--recursive", "--resume"]
     if args.generator == "gan":
-        return gan.load_generator(gan.train_gan(gan.parse_args(["train", *common])))
+        return gan.load_generator(gan.train_gan(gan.parse_args(["train", *common,
+                                                                *(["--mirror"] if args.mirror else [])])))
     from fingerprinting.generators import diffusion
 
     ddpm_args = diffusion.parse_args(["train", *common, "--sampling_steps", str(args.sampling_steps),
@@ -157,10 +169,10 @@ def along_training(output_dir):
     return list({row["step"]: row for row in rows}.values())  # a resumed run logs a step once more
 
 
-def score(detector, images, fingerprint, threshold, perturb=None):
+def score(detector, images, fingerprint, threshold, perturb=None, search_mirror=False):
     if perturb is not None:
         images = data.to_uint8(perturb(data.to_float(images)))
-    detected = evaluation.decoded_bits(detector, images)
+    detected = evaluation.decoded_bits(detector, images, search_mirror=search_mirror)
     matches = matching_bits(detected, fingerprint)
     return dict(bit_accuracy=bit_accuracy(detected, fingerprint.expand_as(detected)).mean().item(),
                 detected_rate=(matches >= threshold).float().mean().item())
@@ -172,14 +184,14 @@ def fid_against(real_features, network, images, device):
     return evaluation.frechet_distance(evaluation.image_features(network, images, device), real_features)
 
 
-def image_robustness(images, detector, fingerprint, threshold):
+def image_robustness(images, detector, fingerprint, threshold, search_mirror=False):
     """Generated images under every image perturbation, at every strength."""
     rows = []
     for name, (_, strengths, _) in perturbations.PERTURBATIONS.items():
         for strength in strengths:
             perturb = lambda x, n=name, s=strength: perturbations.apply(n, x, s)  # noqa: E731
             rows.append(dict(perturbation=name, strength=strength,
-                             **score(detector, images, fingerprint, threshold, perturb)))
+                             **score(detector, images, fingerprint, threshold, perturb, search_mirror)))
     return rows
 
 
@@ -204,7 +216,7 @@ def model_robustness(args, generator, detector, fingerprint, threshold, device, 
         images = gan.generate(perturbed(generator, seed=args.seed, **change), args.num_generated, args.seed + 1,
                               device=device)
         row = dict(perturbation=kind, strength="none" if strength is None else strength,
-                   **score(detector, images, fingerprint, threshold))
+                   **score(detector, images, fingerprint, threshold, search_mirror=args.mirror))
         row["fid"] = fid(images)
         rows.append(row)
     return rows
@@ -259,11 +271,14 @@ def run(args):
     for name, generator in generators.items():
         generated[name] = images = generate(args, generator, args.num_generated, args.seed + 1, device)
         data.save_numbered_pngs(images[:64], os.path.join(args.output_dir, f"generated_{name}"))
-        table[name] = dict(**score(detector, images, fingerprint, threshold), fid=fid(images))
+        table[name] = dict(**score(detector, images, fingerprint, threshold, search_mirror=args.mirror),
+                           fid=fid(images))
+        if args.mirror:  # what detection without the search reads
+            table[name]["read_as_is"] = score(detector, images, fingerprint, threshold)
     report = dict(generator=args.generator, fingerprint_length=length, fpr=args.fpr, min_matching_bits=threshold,
                   gan_steps=args.gan_steps, num_generated=args.num_generated, table=table,
                   image_robustness=image_robustness(generated["fingerprinted"], detector, fingerprint,
-                                                    threshold))
+                                                    threshold, args.mirror))
     if args.generator == "gan":
         report["model_robustness"] = model_robustness(args, generators["fingerprinted"], detector, fingerprint,
                                                       threshold, device, fid if args.fid else (lambda images: None))
@@ -290,7 +305,7 @@ def attribute_sources(args, data_dir, detector, device, fingerprinted_dir, finge
     truth, attributed = [], []
     for name, (generator, _) in [*sources.items(), ("unknown", (generators["clean"], None))]:
         detected = evaluation.decoded_bits(detector, gan.generate(generator, args.num_generated, args.seed + 2,
-                                                                  device=device))
+                                                                  device=device), search_mirror=args.mirror)
         owners, _ = evaluation.attribute(detected, names, registry, args.fpr)
         attributed += owners
         truth += [name] * len(owners)
@@ -325,6 +340,12 @@ def write_report(args, report):
              "|---|---|---|---|"]
     for name, row in report["table"].items():
         lines.append(f"| {name} data | {row['bit_accuracy']:.4f} | {row['detected_rate']:.4f} | {fmt(row['fid'])} |")
+    if args.mirror:
+        lines.append("\nEvery GAN was trained with mirror augmentation, and its images read as they are and "
+                     "mirrored (--search_mirror). Read as they are only: " + "; ".join(
+                         f"{name} data {row['read_as_is']['bit_accuracy']:.4f} bit accuracy, "
+                         f"{row['read_as_is']['detected_rate']:.4f} detected" for name, row in report["table"].items())
+                     + ".")
     if "along_training" in report:
         runs = report["along_training"]
         lines += ["\n## Bit accuracy of samples along training\n",

@@ -1,6 +1,7 @@
-"""Crops taken anywhere, shifts and rotations, read as before and with the
-search that undoes them (detect_fingerprints.py --search_positions or
---search_rotations; fingerprinting/crop_search.py).
+"""Crops taken anywhere, shifts, rotations, mirror images and quarter turns,
+read as before and with the search that undoes them (detect_fingerprints.py
+--search_positions, --search_rotations, --search_orientations or
+--search_mirror; fingerprinting/crop_search.py).
 
 Embeds one random fingerprint in never-seen images with the pair, changes
 them with Pillow in memory, and reads each change both ways: bit accuracy,
@@ -9,8 +10,12 @@ positions search meets a crop of each side's 0.9, 3/4 or 0.67 at a seeded
 random place, resized back, and content moved 1, 2 or 4 pixels right and
 down; the rotations search, turns of 2 to 30 degrees, the size kept (black
 corners, as Pillow's `rotate` leaves them), and also a centred crop to 0.67
-and a blur of radius 2. Both meet, to show that the search costs nothing
-there, no change, JPEG 50 and a centred 3/4 crop.
+and a blur of radius 2; the orientations search, a mirror image, a picture
+upside down, quarter turns and a transpose, alone and then JPEG 75 or a
+centred 3/4 crop, and the same crop and blur; the mirror search, a mirror
+image alone and then JPEG 75 or the crop, and the same crop and blur. Each
+meets, to show what the search costs there, no change, JPEG 50 and a
+centred 3/4 crop.
 The clean images are read with the search too: the measured false
 positives. `--keep_size` reads the images at their own sizes (the
 residual method), as a native-size pair is used.
@@ -18,6 +23,7 @@ residual method), as a native-size pair is used.
     python benchmarks/geometry.py --model cifar10_32_v5 --data_dir cifar_heldout/ --num_images 200
     python benchmarks/geometry.py --model celeba_64_v6 --data_dir celeba_test/ --center_crop 74 --num_images 200
     python benchmarks/geometry.py --model celeba_64_native2 --data_dir lsun_test/ --keep_size --search rotations
+    python benchmarks/geometry.py --model cifar10_32_robust --data_dir cifar_heldout/ --search orientations
 """
 
 import argparse
@@ -26,7 +32,7 @@ import sys
 import time
 
 import numpy as np
-from PIL import ImageFilter
+from PIL import Image, ImageFilter, ImageOps
 from tqdm import tqdm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,6 +41,15 @@ sys.path.insert(0, ROOT)
 from fingerprinting import data, file_changes  # noqa: E402
 from fingerprinting.api import Fingerprinter, pixels_to_pil  # noqa: E402
 from utils import run_cli  # noqa: E402
+
+
+def quarter_turn(image):
+    return image.transpose(Image.Transpose.ROTATE_90)
+
+
+def blurred(image):
+    return image.filter(ImageFilter.GaussianBlur(2))
+
 
 UNTOUCHED = {
     "unchanged": lambda image: image,
@@ -57,7 +72,30 @@ CHANGES = {
         **UNTOUCHED,
         # where a turn read wrongly stood out before PROMINENCE (crop_search.py)
         "crop 0.67, centred": file_changes.center_crop(0.67),
-        "blur radius 2": lambda image: image.filter(ImageFilter.GaussianBlur(2)),
+        "blur radius 2": blurred,
+    },
+    "orientations": {
+        "mirror": ImageOps.mirror,
+        "upside down": ImageOps.flip,
+        "quarter turn": quarter_turn,
+        "half turn": lambda image: image.transpose(Image.Transpose.ROTATE_180),
+        "transpose": lambda image: image.transpose(Image.Transpose.TRANSPOSE),
+        "mirror + jpeg 75": file_changes.then(ImageOps.mirror, file_changes.jpeg_in_memory(75)),
+        "quarter turn + jpeg 75": file_changes.then(quarter_turn, file_changes.jpeg_in_memory(75)),
+        "mirror + crop 3/4": file_changes.then(ImageOps.mirror, file_changes.center_crop(0.75)),
+        **UNTOUCHED,
+        "jpeg 75": file_changes.jpeg_in_memory(75),
+        "crop 0.67, centred": file_changes.center_crop(0.67),
+        "blur radius 2": blurred,
+    },
+    "mirror": {
+        "mirror": ImageOps.mirror,
+        "mirror + jpeg 75": file_changes.then(ImageOps.mirror, file_changes.jpeg_in_memory(75)),
+        "mirror + crop 3/4": file_changes.then(ImageOps.mirror, file_changes.center_crop(0.75)),
+        **UNTOUCHED,
+        "jpeg 75": file_changes.jpeg_in_memory(75),
+        "crop 0.67, centred": file_changes.center_crop(0.67),
+        "blur radius 2": blurred,
     },
 }
 

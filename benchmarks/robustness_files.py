@@ -3,9 +3,11 @@ with Pillow, detect with the CLI (fingerprinting/file_changes.py).
 
 At the model's size: JPEG, blur, noise, centred crops and their chains;
 a 3/4 crop taken anywhere and a 2-pixel shift (read with --search_positions), and a
-5° rotation (read with --search_rotations). With
+5° rotation (read with --search_rotations), and a mirror image saved as
+JPEG 75 (read with --search_orientations or --search_mirror). With
 --keep_size (images at their own size, the residual method): JPEG 95/75/50,
-WebP 80, downscales then JPEG 75, crops (and then JPEG 75), rotation 5° and
+WebP 80, downscales then JPEG 75, crops (and then JPEG 75), rotation 5°, a
+mirror image then JPEG 75 and
 the combined attack of VideoSeal and OmniSealBench; PSNR and SSIM at the
 native size. The clean inputs are decoded too: the measured FPR.
 
@@ -49,6 +51,11 @@ def parse_args(argv=None):
                         help="detect_fingerprints.py --search_positions: crops taken anywhere, and shifts")
     parser.add_argument("--search_rotations", action="store_true",
                         help="detect_fingerprints.py --search_rotations: rotations up to 30 degrees")
+    orientations = parser.add_mutually_exclusive_group()
+    orientations.add_argument("--search_orientations", action="store_true",
+                              help="detect_fingerprints.py --search_orientations: mirror images and quarter turns")
+    orientations.add_argument("--search_mirror", action="store_true",
+                              help="detect_fingerprints.py --search_mirror: as they are or mirrored, either as likely")
     parser.add_argument("--seed", type=int, default=42, help="fingerprint seed (default 42)")
     parser.add_argument("--cuda", type=int, default=-1, help="CUDA device; -1 = CPU (default -1)")
     args = parser.parse_args(argv)

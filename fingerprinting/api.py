@@ -148,7 +148,7 @@ class Fingerprinter:
         return marked[0] if kind == "pil" else marked
 
     def detect(self, images, fingerprint=None, fpr=1e-6, center_crop=False, search_crops=None,
-               search_positions=False, search_rotations=False):
+               search_positions=False, search_rotations=False, search_orientations=False, search_mirror=False):
         """Read the fingerprint of `images` (as for `embed`) into a Detection.
 
         Each whole image is resized to the model's size, as `embed` did;
@@ -157,14 +157,17 @@ class Fingerprinter:
         `search_crops=True` reads images that may have been cropped and
         resized back better (`read_bits`; None: as the pair's config says),
         `search_positions=True` crops taken anywhere and shifts too,
-        `search_rotations=True` images turned by up to 30 degrees.
+        `search_rotations=True` images turned by up to 30 degrees,
+        `search_orientations=True` mirrored images and quarter turns,
+        `search_mirror=True` samples of a GAN trained with mirror augmentation.
         With `fingerprint` (as for `embed`), also scores it at `fpr`."""
         tensors, _ = as_tensors(images, self.device)
         with torch.inference_mode():
             views = [self.view_for_detection(image, center_crop) for image in tensors]
             aspects = torch.tensor([1.0 if center_crop else resizing.view_aspect(*image.shape[-2:])
                                     for image in tensors])
-            bits = self.read_bits(torch.stack(views), search_crops, search_positions, search_rotations, aspects)
+            bits = self.read_bits(torch.stack(views), search_crops, search_positions, search_rotations, aspects,
+                                  search_orientations, search_mirror)
         upscaled = torch.tensor([resizing.is_smaller_than(image, self.resolution) for image in tensors])
         if fingerprint is None:
             return Detection(bits.cpu(), upscaled)
@@ -299,7 +302,8 @@ class Fingerprinter:
                                       self.decoder_batch)
         return torch.cat([decode_views(views[start:start + BATCH_SIZE]) for start in range(0, len(views), BATCH_SIZE)])
 
-    def read_bits(self, views, search_crops=None, search_positions=False, search_rotations=False, aspects=None):
+    def read_bits(self, views, search_crops=None, search_positions=False, search_rotations=False, aspects=None,
+                  search_orientations=False, search_mirror=False):
         """Decoded bits (b L uint8) of model-size images. `search_crops`: also
         read each as a centred crop zoomed back, and keep the most confident
         reading (crop_search.py; 9x the decoding, 18x at 32 px; content-keyed pairs only);
@@ -308,20 +312,35 @@ class Fingerprinter:
         shifted (about 700 decodes an image; any pair). `search_rotations`:
         also read each turned back by up to ROTATION_DEGREES (60 decodes an
         image; any pair), in the geometry of images whose width / height
-        were `aspects` (b; default: square)."""
+        were `aspects` (b; default: square). `search_orientations`: also read
+        each mirrored and by quarter turns, every other search in each (8x
+        the decoding; any pair); `search_mirror`: as it is and mirrored, the
+        more confident kept (2x; for samples of a GAN trained with mirror
+        augmentation)."""
         if search_crops is None:
             search_crops = self.config.search_crops
         if search_crops:
             self.check_can_search_crops()
-            logits = crop_search.searched_logits(self.logits, views)
-        else:
-            logits = self.logits(views)
+        aspects = torch.ones(len(views)) if aspects is None else aspects
+
+        def read(oriented_views, oriented_aspects):
+            return self.searched_logits(oriented_views, oriented_aspects, search_crops, search_positions,
+                                        search_rotations)
+
+        if search_orientations:
+            return bits_from_logits(crop_search.orientation_searched_logits(read, views, aspects))
+        if search_mirror:
+            return bits_from_logits(crop_search.mirror_searched_logits(read, views, aspects))
+        return bits_from_logits(read(views, aspects))
+
+    def searched_logits(self, views, aspects, search_crops, search_positions, search_rotations):
+        """Logits (b L) of `views` through the searches `read_bits` names."""
+        logits = crop_search.searched_logits(self.logits, views) if search_crops else self.logits(views)
         if search_rotations:
-            aspects = torch.ones(len(views)) if aspects is None else aspects
             logits = crop_search.rotation_searched_logits(self.logits, views, aspects, logits)
         if search_positions:
             logits = crop_search.position_searched_logits(self.logits, views, logits)
-        return bits_from_logits(logits)
+        return logits
 
     def check_can_search_crops(self):
         if not self.is_content_keyed:

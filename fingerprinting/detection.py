@@ -55,6 +55,18 @@ def parse_args(argv=None, description=None):
                              "the most confident reading: photos rotated (their size kept) read instead of failing, "
                              "at 60 more decodes an image (any pair; the FPR holds; docs/robust_training.md, "
                              "'Rotations')")
+    orientations = parser.add_mutually_exclusive_group()
+    orientations.add_argument("--search_orientations", action="store_true",
+                              help="also read each image mirrored left to right and turned by quarter turns (the "
+                                   "eight ways a picture can lie), every other search in each, and keep the way that "
+                                   "reads clearly most confidently: mirrored, upside-down or turned photos read "
+                                   "instead of failing, at 8x the decoding (any pair; the FPR holds; "
+                                   "docs/robust_training.md, 'Mirror images and quarter turns')")
+    orientations.add_argument("--search_mirror", action="store_true",
+                              help="for samples of a GAN trained with mirror augmentation (StyleGAN's --mirror), "
+                                   "half of which carry the fingerprint's mirror image: read each image as it is and "
+                                   "mirrored, and keep the more confident reading (2x the decoding; any pair; the "
+                                   "FPR holds)")
     parser.add_argument("--registry", default=None,
                         help="known fingerprints ('name bits' per line): attribute each image to one, or unknown")
     args = parser.parse_args(argv)
@@ -91,7 +103,7 @@ def detect_folder(args):
                                  for image in folders.model_input(images, device)])
             aspects = None
         bits = fingerprinter.read_bits(views, args.search_crops, args.search_positions, args.search_rotations,
-                                       aspects).cpu()
+                                       aspects, args.search_orientations, args.search_mirror).cpu()
         return [fingerprint_line(names[index], row) for index, row in zip(indices, bits)], []
 
     results = folders.run_over_folder(args, context, device, dataset, names, RECORD_FILE, decode_batch, "detecting")

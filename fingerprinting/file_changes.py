@@ -13,7 +13,7 @@ import argparse
 import os
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageFilter
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from tqdm import tqdm
 
 from fingerprinting import data, detection, embedding, evaluation
@@ -125,6 +125,7 @@ FILE_CHANGES = {
     "crop 3/4 anywhere": png(crop_anywhere(0.75)),  # read with --search_positions
     "shift 2 px": png(shift(2)),
     "rotation 5°": png(rotation(5)),  # read with --search_rotations
+    "mirror + jpeg 75": then(ImageOps.mirror, jpeg(75)),  # read with --search_orientations or --search_mirror
 }
 # At the images' own size (--keep_size): what happens to a large photo online.
 NATIVE_FILE_CHANGES = {
@@ -141,6 +142,7 @@ NATIVE_FILE_CHANGES = {
     "crop 1/2": png(center_crop(0.5)),
     "crop 1/2 + jpeg 75": then(center_crop(0.5), jpeg(75)),
     "rotation 5°": png(rotation(5)),
+    "mirror + jpeg 75": then(ImageOps.mirror, jpeg(75)),
     # VideoSeal's and OmniSealBench's combined attack.
     "combined: jpeg 80, crop 0.71, brightness 0.5": then(jpeg_in_memory(80), center_crop(0.71), brightness(0.5),
                                                          png(lambda image: image)),
@@ -168,8 +170,9 @@ def ssim_of_files(inputs, outputs, names):
 
 
 # How detection searches, unless the settings say otherwise: crops as the pair's
-# config says (True: on, False: off), no positions, no rotations.
-SEARCHES = dict(search_crops=None, search_positions=False, search_rotations=False)
+# config says (True: on, False: off), no positions, no rotations, no orientations, no mirror.
+SEARCHES = dict(search_crops=None, search_positions=False, search_rotations=False, search_orientations=False,
+                search_mirror=False)
 
 
 def settings_of(**values):
@@ -211,7 +214,7 @@ def detect(settings, folder, output_dir, record, *extra):
         *decoder_arguments(settings), "--data_dir", folder, "--output_dir", output_dir, "--embedded_fingerprints",
         record, "--fpr", str(settings.fpr), "--cuda", str(settings.cuda),
         *SEARCH_CROPS_FLAGS[settings.search_crops],
-        *[f"--{search}" for search in ("search_positions", "search_rotations") if getattr(settings, search)],
+        *[f"--{search}" for search in SEARCHES if search != "search_crops" and getattr(settings, search)],
         *extra]))
 
 

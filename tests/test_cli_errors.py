@@ -62,6 +62,10 @@ def cases(folder, samples):
         "not a power of two": (train + ["--data_dir", samples, "--image_resolution", "48"], "power of two"),
         "average decay of 1": (train + ["--data_dir", samples, "--ema_decay", "1"], "--ema_decay must be in [0, 1)"),
         "check without decoder": (embed + ["--data_dir", samples, "--check"], "--decoder_path"),
+        "both orientation searches": (detect + ["--data_dir", samples, "--search_orientations", "--search_mirror"],
+                                      "not allowed with argument"),
+        "mirror for a DDPM": (["transferability.py", "--output_dir", str(folder / "x"), "--smoke", "--generator",
+                               "ddpm", "--mirror"], "--mirror: for --generator gan only"),
     }
 
 

@@ -1,12 +1,14 @@
 """Reading through a centred crop zoomed back (fingerprinting/crop_search.py,
 detect_fingerprints.py --search_crops), a crop taken anywhere or a shift
-(--search_positions), and a rotation (--search_rotations)."""
+(--search_positions), a rotation (--search_rotations), and a mirror image or a quarter turn
+(--search_orientations)."""
 
 import os
 import sys
 
 import pytest
 import torch
+from PIL import Image
 
 from fingerprinting import crop_search, data, detection, embedding, file_changes, perturbations, resizing
 from fingerprinting.api import Fingerprinter, pixels_to_pil
@@ -295,3 +297,91 @@ def test_detect_fingerprints_searches_rotations_of_photos_at_their_own_size(tmp_
     detect = embedded_then_changed("celeba_64_native2", photos, tmp_path, file_changes.rotation(8), "--keep_size")
     before, searched = detect()["bit_accuracy"], detect("--search_rotations")["bit_accuracy"]
     assert before < 0.8 and searched >= 0.95
+
+
+# --- mirror images and quarter turns (search_orientations) ------------------------------
+
+PILLOW_ORIENTATIONS = [None, *Image.Transpose]  # as it is, mirrored, upside down, turned, transposed
+
+
+def test_the_eight_orientations_undo_every_mirror_and_quarter_turn_exactly():
+    """Each of Pillow's seven transposes of a 48 x 72 image, squashed into a
+    32-pixel view, is laid back exactly by one of the eight orientations."""
+    image = pixels_to_pil(data.to_uint8(smooth_images(1, 72, seed=9)[0, :, 12:60, :]))  # 48 high, 72 wide
+    view = resizing.model_view(data.to_float(data.pil_to_uint8(image)).unsqueeze(0), 32)
+    assert crop_search.orientations()[0] == (0, False) and len(set(crop_search.orientations())) == 8
+    for transpose in PILLOW_ORIENTATIONS:
+        changed = image if transpose is None else image.transpose(transpose)
+        changed_view = resizing.model_view(data.to_float(data.pil_to_uint8(changed)).unsqueeze(0), 32)
+        errors = [(crop_search.oriented(changed_view, *way) - view).abs().max().item()
+                  for way in crop_search.orientations()]
+        assert min(errors) < 1e-5 and sorted(errors)[1] > 0.01, transpose
+
+
+def test_an_orientation_is_kept_only_where_it_leads_every_other_way():
+    confidences = torch.tensor([[2.0, 2.0, 3.0], [3.0, 3.0, 1.0], [1.0, 2.9, 1.0]])  # ways x images
+    readings = confidences.unsqueeze(2).expand(3, 3, 5) * torch.tensor([1.0, -1.0, 1.0]).view(3, 1, 1)
+    chosen = crop_search.leading(readings, 1.1)
+    assert torch.equal(chosen[0], readings[1, 0])  # 1.5x the view as it is and every other way
+    assert torch.equal(chosen[1], readings[0, 1])  # the lead over the third way is under 1.1: as it is
+    assert torch.equal(chosen[2], readings[0, 2])  # the view as it is leads
+    assert torch.equal(crop_search.leading(readings, 1.0)[1], readings[1, 1])  # no lead asked: the most confident
+
+
+def test_mirror_images_and_quarter_turns_read_with_search_orientations_and_clean_images_stay_clean():
+    """cifar10_32_robust on 48 sample photos: mirrored, upside down or
+    turned, at chance as before and every bit with the search (mirrored
+    then JPEG 75 most); unchanged images read as before; clean ones stay
+    undetected."""
+    fingerprinter = Fingerprinter.load("cifar10_32_robust")
+    photos = list(sample_crops(48, 32, seed=10))
+    marked = fingerprinter.embed(photos, FINGERPRINT)
+
+    def accuracy(images, search):
+        detection = fingerprinter.detect(images, FINGERPRINT, search_orientations=search)
+        return detection.matching.float().mean().item() / 100
+
+    for transpose in (Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.ROTATE_90,
+                      Image.Transpose.TRANSVERSE):
+        changed = [image.transpose(transpose) for image in marked]
+        assert accuracy(changed, False) < 0.65 and accuracy(changed, True) >= 0.98, transpose
+    mirrored_jpeg = [file_changes.jpeg_in_memory(75)(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+                     for image in marked]
+    assert accuracy(mirrored_jpeg, True) >= 0.85  # 0.89; JPEG 75 alone 0.98
+    assert accuracy(marked, True) == accuracy(marked, False)
+    assert not fingerprinter.detect(photos, FINGERPRINT, search_orientations=True).detected.any()
+
+
+def test_samples_mirrored_half_the_time_read_with_search_mirror(tmp_path):
+    """cifar10_32_robust on 48 sample photos, every other one mirrored and
+    all then saved as JPEG 75 (a GAN trained with mirror augmentation,
+    its samples shared online): about half read as before, nearly all
+    searched; clean photos stay undetected."""
+    fingerprinter = Fingerprinter.load("cifar10_32_robust")
+    photos = list(sample_crops(48, 32, seed=12))
+    marked = fingerprinter.embed(photos, FINGERPRINT)
+    samples = [file_changes.jpeg_in_memory(75)(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if number % 2 else
+                                               image) for number, image in enumerate(marked)]
+
+    def detected(images, search):
+        return fingerprinter.detect(images, FINGERPRINT, search_mirror=search).detected.float().mean().item()
+
+    assert detected(samples, False) <= 0.55 and detected(samples, True) >= 0.95
+    assert not fingerprinter.detect(photos, FINGERPRINT, search_mirror=True).detected.any()
+
+
+def test_detect_fingerprints_searches_orientations_with_rotations_at_the_images_own_size(tmp_path):
+    """celeba_64_native2 with --keep_size on twelve 144 x 96 photos, given a
+    quarter turn (now 96 x 144) and then a turn of 8 degrees: the rotation
+    search inside the quarter turn back uses the photos' own shape."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for number, image in enumerate(sample_crops(12, 144, seed=11)):
+        image.crop((0, 24, 144, 120)).save(photos / f"{number:02d}.png")
+
+    def turned(image):
+        return file_changes.rotation(8)(image.transpose(Image.Transpose.ROTATE_90))
+
+    detect = embedded_then_changed("celeba_64_native2", photos, tmp_path, turned, "--keep_size")
+    assert detect("--search_rotations")["bit_accuracy"] < 0.7
+    assert detect("--search_orientations", "--search_rotations")["bit_accuracy"] >= 0.95
