@@ -1,7 +1,7 @@
 """Crops taken anywhere, shifts, rotations, mirror images and quarter turns,
 read as before and with the search that undoes them (detect_fingerprints.py
---search_positions, --search_rotations, --search_orientations or
---search_mirror; fingerprinting/crop_search.py).
+--search_positions, --search_rotations, --search_orientations,
+--search_mirror or --search_borders; fingerprinting/crop_search.py).
 
 Embeds one random fingerprint in never-seen images with the pair, changes
 them with Pillow in memory, and reads each change both ways: bit accuracy,
@@ -13,7 +13,10 @@ corners, as Pillow's `rotate` leaves them), and also a centred crop to 0.67
 and a blur of radius 2; the orientations search, a mirror image, a picture
 upside down, quarter turns and a transpose, alone and then JPEG 75 or a
 centred 3/4 crop, and the same crop and blur; the mirror search, a mirror
-image alone and then JPEG 75 or the crop, and the same crop and blur. Each
+image alone and then JPEG 75 or the crop, and the same crop and blur; the
+borders search, white borders of 5 and 10 % of the side, a black one of
+15 %, the image at the top left of a canvas 1.3 times its size, a 10 %
+border then JPEG 75, and the same crop and blur. Each
 meets, to show what the search costs there, no change, JPEG 50 and a
 centred 3/4 crop.
 The clean images are read with the search too: the measured false
@@ -45,6 +48,13 @@ from utils import run_cli  # noqa: E402
 
 def quarter_turn(image):
     return image.transpose(Image.Transpose.ROTATE_90)
+
+
+def on_a_canvas(image):
+    """At the top left of a grey-green canvas 1.3 times its size (a collage, a page)."""
+    canvas = Image.new("RGB", (round(image.width * 1.3), round(image.height * 1.3)), (90, 120, 60))
+    canvas.paste(image, (0, 0))
+    return canvas
 
 
 def blurred(image):
@@ -85,6 +95,16 @@ CHANGES = {
         "mirror + crop 3/4": file_changes.then(ImageOps.mirror, file_changes.center_crop(0.75)),
         **UNTOUCHED,
         "jpeg 75": file_changes.jpeg_in_memory(75),
+        "crop 0.67, centred": file_changes.center_crop(0.67),
+        "blur radius 2": blurred,
+    },
+    "borders": {
+        "border 5%": file_changes.border(0.05),
+        "border 10%": file_changes.border(0.1),
+        "border 15%, black": file_changes.border(0.15, (0, 0, 0)),
+        "top left of a canvas 1.3x": on_a_canvas,
+        "border 10% + jpeg 75": file_changes.then(file_changes.border(0.1), file_changes.jpeg_in_memory(75)),
+        **UNTOUCHED,
         "crop 0.67, centred": file_changes.center_crop(0.67),
         "blur radius 2": blurred,
     },

@@ -4,10 +4,11 @@ with Pillow, detect with the CLI (fingerprinting/file_changes.py).
 At the model's size: JPEG, blur, noise, centred crops and their chains;
 a 3/4 crop taken anywhere and a 2-pixel shift (read with --search_positions), and a
 5° rotation (read with --search_rotations), and a mirror image saved as
-JPEG 75 (read with --search_orientations or --search_mirror). With
+JPEG 75 (read with --search_orientations or --search_mirror), and a 10 %
+white border (read with --search_borders). With
 --keep_size (images at their own size, the residual method): JPEG 95/75/50,
 WebP 80, downscales then JPEG 75, crops (and then JPEG 75), rotation 5°, a
-mirror image then JPEG 75 and
+mirror image then JPEG 75, a 10 % border and
 the combined attack of VideoSeal and OmniSealBench; PSNR and SSIM at the
 native size. The clean inputs are decoded too: the measured FPR.
 
@@ -51,6 +52,8 @@ def parse_args(argv=None):
                         help="detect_fingerprints.py --search_positions: crops taken anywhere, and shifts")
     parser.add_argument("--search_rotations", action="store_true",
                         help="detect_fingerprints.py --search_rotations: rotations up to 30 degrees")
+    parser.add_argument("--search_borders", action="store_true",
+                        help="detect_fingerprints.py --search_borders: an image on a larger canvas")
     orientations = parser.add_mutually_exclusive_group()
     orientations.add_argument("--search_orientations", action="store_true",
                               help="detect_fingerprints.py --search_orientations: mirror images and quarter turns")

@@ -148,7 +148,8 @@ class Fingerprinter:
         return marked[0] if kind == "pil" else marked
 
     def detect(self, images, fingerprint=None, fpr=1e-6, center_crop=False, search_crops=None,
-               search_positions=False, search_rotations=False, search_orientations=False, search_mirror=False):
+               search_positions=False, search_rotations=False, search_orientations=False, search_mirror=False,
+               search_borders=False):
         """Read the fingerprint of `images` (as for `embed`) into a Detection.
 
         Each whole image is resized to the model's size, as `embed` did;
@@ -159,7 +160,8 @@ class Fingerprinter:
         `search_positions=True` crops taken anywhere and shifts too,
         `search_rotations=True` images turned by up to 30 degrees,
         `search_orientations=True` mirrored images and quarter turns,
-        `search_mirror=True` samples of a GAN trained with mirror augmentation.
+        `search_mirror=True` samples of a GAN trained with mirror augmentation,
+        `search_borders=True` images placed on a larger canvas (a border).
         With `fingerprint` (as for `embed`), also scores it at `fpr`."""
         tensors, _ = as_tensors(images, self.device)
         with torch.inference_mode():
@@ -167,7 +169,7 @@ class Fingerprinter:
             aspects = torch.tensor([1.0 if center_crop else resizing.view_aspect(*image.shape[-2:])
                                     for image in tensors])
             bits = self.read_bits(torch.stack(views), search_crops, search_positions, search_rotations, aspects,
-                                  search_orientations, search_mirror)
+                                  search_orientations, search_mirror, search_borders)
         upscaled = torch.tensor([resizing.is_smaller_than(image, self.resolution) for image in tensors])
         if fingerprint is None:
             return Detection(bits.cpu(), upscaled)
@@ -303,7 +305,7 @@ class Fingerprinter:
         return torch.cat([decode_views(views[start:start + BATCH_SIZE]) for start in range(0, len(views), BATCH_SIZE)])
 
     def read_bits(self, views, search_crops=None, search_positions=False, search_rotations=False, aspects=None,
-                  search_orientations=False, search_mirror=False):
+                  search_orientations=False, search_mirror=False, search_borders=False):
         """Decoded bits (b L uint8) of model-size images. `search_crops`: also
         read each as a centred crop zoomed back, and keep the most confident
         reading (crop_search.py; 9x the decoding, 18x at 32 px; content-keyed pairs only);
@@ -316,7 +318,9 @@ class Fingerprinter:
         each mirrored and by quarter turns, every other search in each (8x
         the decoding; any pair); `search_mirror`: as it is and mirrored, the
         more confident kept (2x; for samples of a GAN trained with mirror
-        augmentation)."""
+        augmentation). `search_borders`: also read each as an image placed
+        on a larger canvas, through every window it may sit in (about 700
+        decodes an image; any pair)."""
         if search_crops is None:
             search_crops = self.config.search_crops
         if search_crops:
@@ -325,7 +329,7 @@ class Fingerprinter:
 
         def read(oriented_views, oriented_aspects):
             return self.searched_logits(oriented_views, oriented_aspects, search_crops, search_positions,
-                                        search_rotations)
+                                        search_rotations, search_borders)
 
         if search_orientations:
             return bits_from_logits(crop_search.orientation_searched_logits(read, views, aspects))
@@ -333,13 +337,15 @@ class Fingerprinter:
             return bits_from_logits(crop_search.mirror_searched_logits(read, views, aspects))
         return bits_from_logits(read(views, aspects))
 
-    def searched_logits(self, views, aspects, search_crops, search_positions, search_rotations):
+    def searched_logits(self, views, aspects, search_crops, search_positions, search_rotations, search_borders=False):
         """Logits (b L) of `views` through the searches `read_bits` names."""
         logits = crop_search.searched_logits(self.logits, views) if search_crops else self.logits(views)
         if search_rotations:
             logits = crop_search.rotation_searched_logits(self.logits, views, aspects, logits)
         if search_positions:
             logits = crop_search.position_searched_logits(self.logits, views, logits)
+        if search_borders:
+            logits = crop_search.border_searched_logits(self.logits, views, logits)
         return logits
 
     def check_can_search_crops(self):

@@ -55,6 +55,11 @@ def parse_args(argv=None, description=None):
                              "the most confident reading: photos rotated (their size kept) read instead of failing, "
                              "at 60 more decodes an image (any pair; the FPR holds; docs/robust_training.md, "
                              "'Rotations')")
+    parser.add_argument("--search_borders", action="store_true",
+                        help="also read each image as one placed on a larger canvas (a border, a letterbox, a "
+                             "screenshot), through every window it may sit in (0.67 to 1 of the side) enlarged "
+                             "back, keeping a reading that stands out: about 700 decodes an image (any pair; the "
+                             "FPR holds; docs/robust_training.md, 'Borders')")
     orientations = parser.add_mutually_exclusive_group()
     orientations.add_argument("--search_orientations", action="store_true",
                               help="also read each image mirrored left to right and turned by quarter turns (the "
@@ -103,7 +108,8 @@ def detect_folder(args):
                                  for image in folders.model_input(images, device)])
             aspects = None
         bits = fingerprinter.read_bits(views, args.search_crops, args.search_positions, args.search_rotations,
-                                       aspects, args.search_orientations, args.search_mirror).cpu()
+                                       aspects, args.search_orientations, args.search_mirror,
+                                       args.search_borders).cpu()
         return [fingerprint_line(names[index], row) for index, row in zip(indices, bits)], []
 
     results = folders.run_over_folder(args, context, device, dataset, names, RECORD_FILE, decode_batch, "detecting")

@@ -109,6 +109,12 @@ def rotation(degrees):
     return lambda image: image.rotate(degrees, resample=Image.BILINEAR)
 
 
+def border(fraction, fill=(255, 255, 255)):
+    """The image on a canvas larger by `fraction` of its width on every side
+    (the border a screenshot, a letterbox or a frame adds)."""
+    return lambda image: ImageOps.expand(image, border=round(image.width * fraction), fill=fill)
+
+
 # name: image -> (changed image, Pillow save options). At the model's size:
 FILE_CHANGES = {
     "png (unchanged)": png(lambda image: image),
@@ -126,6 +132,7 @@ FILE_CHANGES = {
     "shift 2 px": png(shift(2)),
     "rotation 5°": png(rotation(5)),  # read with --search_rotations
     "mirror + jpeg 75": then(ImageOps.mirror, jpeg(75)),  # read with --search_orientations or --search_mirror
+    "border 10%": png(border(0.1)),  # read with --search_borders
 }
 # At the images' own size (--keep_size): what happens to a large photo online.
 NATIVE_FILE_CHANGES = {
@@ -143,6 +150,7 @@ NATIVE_FILE_CHANGES = {
     "crop 1/2 + jpeg 75": then(center_crop(0.5), jpeg(75)),
     "rotation 5°": png(rotation(5)),
     "mirror + jpeg 75": then(ImageOps.mirror, jpeg(75)),
+    "border 10%": png(border(0.1)),
     # VideoSeal's and OmniSealBench's combined attack.
     "combined: jpeg 80, crop 0.71, brightness 0.5": then(jpeg_in_memory(80), center_crop(0.71), brightness(0.5),
                                                          png(lambda image: image)),
@@ -170,9 +178,9 @@ def ssim_of_files(inputs, outputs, names):
 
 
 # How detection searches, unless the settings say otherwise: crops as the pair's
-# config says (True: on, False: off), no positions, no rotations, no orientations, no mirror.
+# config says (True: on, False: off), and none of the others.
 SEARCHES = dict(search_crops=None, search_positions=False, search_rotations=False, search_orientations=False,
-                search_mirror=False)
+                search_mirror=False, search_borders=False)
 
 
 def settings_of(**values):
