@@ -216,11 +216,10 @@ def position_searched_logits(logits_of, views, before):
     return clearly_better(best, before)
 
 
-def refine(logits_of, views, best, undo=None):
+def refine(logits_of, views, best, undo=shrunk_into):
     """Offer each view the crops within a grid step of its best one, undone
-    by `undo(views, size, top, left)` (default `shrunk_into`; views whose
-    best reading is a shift are left as they are)."""
-    undo = undo or shrunk_into
+    by `undo(views, size, top, left)` (views whose best reading is a shift
+    are left as they are)."""
     resolution, starts = views.shape[-1], list(best.crops)
     for nudge in nudges(resolution):
         crops = {row: nudged(start, nudge, resolution) for row, start in enumerate(starts) if start is not None}
