@@ -289,7 +289,7 @@ def standing_out(best, before, confidences, prominence=PROMINENCE):
 # sits, the best window reads 1.5-2x as confidently as the median window; a crop
 # to 0.67 as it is, whose reading is weak, now and then reads more confidently
 # and wrongly through some window, but then many windows read nearly as well
-# (1.2-1.4x): cifar10_32_robust read such crops at 0.73, 0.53 searched without
+# (1.18-1.36x): cifar10_32_robust read such crops at 0.73, 0.53 searched without
 # this test (docs/robust_training.md, "Borders").
 BORDER_PROMINENCE = 1.5
 
