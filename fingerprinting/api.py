@@ -168,8 +168,9 @@ class Fingerprinter:
             views = [self.view_for_detection(image, center_crop) for image in tensors]
             aspects = torch.tensor([1.0 if center_crop else resizing.view_aspect(*image.shape[-2:])
                                     for image in tensors])
+            canvases = [self.canvas_for_detection(image, center_crop) for image in tensors] if search_borders else None
             bits = self.read_bits(torch.stack(views), search_crops, search_positions, search_rotations, aspects,
-                                  search_orientations, search_mirror, search_borders)
+                                  search_orientations, search_mirror, search_borders, canvases)
         upscaled = torch.tensor([resizing.is_smaller_than(image, self.resolution) for image in tensors])
         if fingerprint is None:
             return Detection(bits.cpu(), upscaled)
@@ -305,7 +306,7 @@ class Fingerprinter:
         return torch.cat([decode_views(views[start:start + BATCH_SIZE]) for start in range(0, len(views), BATCH_SIZE)])
 
     def read_bits(self, views, search_crops=None, search_positions=False, search_rotations=False, aspects=None,
-                  search_orientations=False, search_mirror=False, search_borders=False):
+                  search_orientations=False, search_mirror=False, search_borders=False, canvases=None):
         """Decoded bits (b L uint8) of model-size images. `search_crops`: also
         read each as a centred crop zoomed back, and keep the most confident
         reading (crop_search.py; 9x the decoding, 18x at 32 px; content-keyed pairs only);
@@ -320,24 +321,26 @@ class Fingerprinter:
         more confident kept (2x; for samples of a GAN trained with mirror
         augmentation). `search_borders`: also read each as an image placed
         on a larger canvas, through every window it may sit in (about 700
-        decodes an image; any pair)."""
+        decodes an image; any pair), the windows taken from `canvases` (each
+        image's own pixels, `resizing.canvas_view`; default the views)."""
         if search_crops is None:
             search_crops = self.config.search_crops
         if search_crops:
             self.check_can_search_crops()
         aspects = torch.ones(len(views)) if aspects is None else aspects
 
-        def read(oriented_views, oriented_aspects):
+        def read(oriented_views, oriented_aspects, oriented_canvases):
             return self.searched_logits(oriented_views, oriented_aspects, search_crops, search_positions,
-                                        search_rotations, search_borders)
+                                        search_rotations, search_borders, oriented_canvases)
 
         if search_orientations:
-            return bits_from_logits(crop_search.orientation_searched_logits(read, views, aspects))
+            return bits_from_logits(crop_search.orientation_searched_logits(read, views, aspects, canvases))
         if search_mirror:
-            return bits_from_logits(crop_search.mirror_searched_logits(read, views, aspects))
-        return bits_from_logits(read(views, aspects))
+            return bits_from_logits(crop_search.mirror_searched_logits(read, views, aspects, canvases))
+        return bits_from_logits(read(views, aspects, canvases))
 
-    def searched_logits(self, views, aspects, search_crops, search_positions, search_rotations, search_borders=False):
+    def searched_logits(self, views, aspects, search_crops, search_positions, search_rotations, search_borders=False,
+                        canvases=None):
         """Logits (b L) of `views` through the searches `read_bits` names."""
         logits = crop_search.searched_logits(self.logits, views) if search_crops else self.logits(views)
         if search_rotations:
@@ -345,7 +348,7 @@ class Fingerprinter:
         if search_positions:
             logits = crop_search.position_searched_logits(self.logits, views, logits)
         if search_borders:
-            logits = crop_search.border_searched_logits(self.logits, views, logits)
+            logits = crop_search.border_searched_logits(self.logits, views, logits, canvases)
         return logits
 
     def check_can_search_crops(self):
@@ -360,6 +363,15 @@ class Fingerprinter:
             image = data.resize_and_center_crop(data.to_float(image) if image.dtype == torch.uint8 else image,
                                                 self.resolution)
         return resizing.model_view(image.unsqueeze(0), self.resolution)[0]
+
+    def canvas_for_detection(self, image, center_crop=False):
+        """One image (c h w) as the border search reads it: `resizing.canvas_view`,
+        or with `center_crop` its centred square at its own pixels (within
+        `resizing.canvas_side`)."""
+        if center_crop:
+            image = data.to_float(image) if image.dtype == torch.uint8 else image
+            return data.resize_and_center_crop(image, resizing.canvas_side(min(image.shape[-2:]), self.resolution))
+        return resizing.canvas_view(image.unsqueeze(0), self.resolution)[0]
 
     def score(self, bits, expected, fpr=1e-6, upscaled=None):
         """A Detection of decoded `bits` (b L) against `expected` (b L) at `fpr`."""

@@ -162,14 +162,16 @@ class ImageFiles(Dataset):
     """Preprocessed images of a listing; unreadable files become error records.
 
     Items are (index, uint8 tensor c h w or None, error message or None),
-    so one bad file never stops a run.
+    so one bad file never stops a run. With `canvases`, the image is a pair:
+    the preprocessed image and its canvas for the border search (`canvas`).
     """
 
-    def __init__(self, data_dir, relative_paths, resolution, center_crop=0):
+    def __init__(self, data_dir, relative_paths, resolution, center_crop=0, canvases=False):
         self.data_dir = data_dir
         self.relative_paths = relative_paths
         self.resolution = resolution
         self.center_crop = center_crop
+        self.canvases = canvases
 
     def __len__(self):
         return len(self.relative_paths)
@@ -184,7 +186,15 @@ class ImageFiles(Dataset):
         return index, image, None
 
     def prepare(self, image):
-        return preprocess(image, self.resolution, self.center_crop)
+        prepared = preprocess(image, self.resolution, self.center_crop)
+        return (prepared, self.canvas(image)) if self.canvases else prepared
+
+    def canvas(self, image):
+        """The preprocessing's square at the image's own pixels (uint8 c v v,
+        within `resizing.canvas_side`): where a model-size image sits on a
+        larger canvas, its pixels as they are."""
+        side = self.center_crop or min(image.size)
+        return preprocess(image, resizing.canvas_side(side, self.resolution), self.center_crop)
 
 
 class NativeImageFiles(ImageFiles):
@@ -214,11 +224,15 @@ def pil_to_uint8(image):
 def collate_records(records):
     """Batch good images; pass bad ones through as (index, reason).
 
-    Preprocessed images stack into one uint8 tensor (b c h w); native ones
-    (NativeImageFiles) give a NativeBatch."""
+    Preprocessed images stack into one uint8 tensor (b c h w), or with
+    their canvases give a CanvasBatch; native ones (NativeImageFiles) give a
+    NativeBatch."""
     good = [(index, image) for index, image, error in records if error is None]
     failed = [(index, error) for index, _, error in records if error is not None]
     indices = torch.tensor([index for index, _ in good], dtype=torch.long)
+    if good and isinstance(good[0][1], tuple) and len(good[0][1]) == 2:
+        images, canvases = zip(*(image for _, image in good))
+        return indices, CanvasBatch(torch.stack(images), list(canvases)), failed
     if good and isinstance(good[0][1], tuple):
         pixels, views, upscaled, aspects = zip(*(image for _, image in good))
         batch = NativeBatch(list(pixels), torch.stack(views), torch.tensor(upscaled), torch.tensor(aspects))
@@ -240,6 +254,21 @@ class NativeBatch:
 
     def pin_memory(self):
         self.views = self.views.pin_memory()
+        return self
+
+
+class CanvasBatch:
+    """Preprocessed images (uint8 b c r r) with their canvases for the border
+    search (a list of uint8 c v v, `ImageFiles.canvas`)."""
+
+    def __init__(self, images, canvases):
+        self.images, self.canvases = images, canvases
+
+    def __len__(self):
+        return len(self.images)
+
+    def pin_memory(self):
+        self.images = self.images.pin_memory()
         return self
 
 

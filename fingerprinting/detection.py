@@ -98,18 +98,25 @@ def detect_folder(args):
         fingerprinter.check_can_search_crops()
     resolution = folders.preprocessing_resolution(args, fingerprinter.resolution)
     expected = expected_fingerprints(args, fingerprinter.fingerprint_length)
-    dataset = folders.input_images(args, paths, resolution, fingerprinter.resolution, keep_pixels=False)
+    dataset = folders.input_images(args, paths, resolution, fingerprinter.resolution,
+                                   keep_pixels=args.search_borders, canvases=args.search_borders)
 
     def decode_batch(indices, images):
+        canvases = None
         if isinstance(images, data.NativeBatch):
             views, aspects = images.views.to(device, non_blocking=True), images.aspects
+            if args.search_borders:
+                canvases = [resizing.canvas_view(pixels.unsqueeze(0).to(device), fingerprinter.resolution)[0]
+                            for pixels in images.pixels]
         else:  # preprocessed to a square at a uniform scale
+            if isinstance(images, data.CanvasBatch):
+                images, canvases = images.images, [data.to_float(canvas.to(device)) for canvas in images.canvases]
             views = torch.stack([resizing.model_view(image.unsqueeze(0), fingerprinter.resolution)[0]
                                  for image in folders.model_input(images, device)])
             aspects = None
         bits = fingerprinter.read_bits(views, args.search_crops, args.search_positions, args.search_rotations,
                                        aspects, args.search_orientations, args.search_mirror,
-                                       args.search_borders).cpu()
+                                       args.search_borders, canvases).cpu()
         return [fingerprint_line(names[index], row) for index, row in zip(indices, bits)], []
 
     results = folders.run_over_folder(args, context, device, dataset, names, RECORD_FILE, decode_batch, "detecting")

@@ -133,6 +133,7 @@ FILE_CHANGES = {
     "rotation 5°": png(rotation(5)),  # read with --search_rotations
     "mirror + jpeg 75": then(ImageOps.mirror, jpeg(75)),  # read with --search_orientations or --search_mirror
     "border 10%": png(border(0.1)),  # read with --search_borders
+    "border 10% + jpeg 75": then(border(0.1), jpeg(75)),  # a screenshot shared: read with --search_borders
 }
 # At the images' own size (--keep_size): what happens to a large photo online.
 NATIVE_FILE_CHANGES = {
@@ -151,6 +152,7 @@ NATIVE_FILE_CHANGES = {
     "rotation 5°": png(rotation(5)),
     "mirror + jpeg 75": then(ImageOps.mirror, jpeg(75)),
     "border 10%": png(border(0.1)),
+    "border 10% + jpeg 75": then(border(0.1), jpeg(75)),
     # VideoSeal's and OmniSealBench's combined attack.
     "combined: jpeg 80, crop 0.71, brightness 0.5": then(jpeg_in_memory(80), center_crop(0.71), brightness(0.5),
                                                          png(lambda image: image)),

@@ -116,13 +116,14 @@ def preprocessing_resolution(args, model_resolution):
     return resolution
 
 
-def input_images(args, paths, resolution, model_resolution, keep_pixels=True):
-    """The dataset the folder loop reads: preprocessed to `resolution`, or
-    with --keep_size the images at their own size with their model views."""
+def input_images(args, paths, resolution, model_resolution, keep_pixels=True, canvases=False):
+    """The dataset the folder loop reads: preprocessed to `resolution` (with
+    `canvases`, each with its canvas for the border search), or with
+    --keep_size the images at their own size with their model views."""
     if args.keep_size:
         return data.NativeImageFiles(args.data_dir, paths, model_resolution, keep_pixels)
-    return data.ImageFiles(args.data_dir, paths, resolution, data.center_crop_for(args.use_celeba_preprocessing,
-                                                                                  args.center_crop))
+    return data.ImageFiles(args.data_dir, paths, resolution,
+                           data.center_crop_for(args.use_celeba_preprocessing, args.center_crop), canvases)
 
 
 def open_pending(args, names, record_file, context):

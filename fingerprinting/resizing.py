@@ -25,6 +25,12 @@ import torch.nn.functional as F
 
 ELONGATED_ASPECT = 2.0
 ROWS_AT_A_TIME = 128  # rows of the enlarged residual made at once, on the uint8 path
+# The border search reads windows of the fingerprinted box at its own pixels
+# (crop_search.border_searched_logits), up to this many times the model's side:
+# a model-size image fills at least the smallest window, 0.67 of the side, so
+# it sits on a canvas at most 1.5 times its side. A larger box is shrunk to
+# this, which also bounds the search's time (at 4x, 10x as long on LSUN).
+CANVAS_LIMIT = 1.5
 
 
 def fingerprinted_box(height, width):
@@ -61,6 +67,22 @@ def model_view(images, resolution):
         if box.is_floating_point():
             box = box.clamp(0, 1)
     return box if box.is_floating_point() else box.float().div_(255)
+
+
+def canvas_side(side, resolution):
+    """The side of the square canvas the border search reads an image of
+    `side` pixels on: its own, between the model's and CANVAS_LIMIT times it."""
+    return min(max(side, resolution), round(CANVAS_LIMIT * resolution))
+
+
+def canvas_view(images, resolution):
+    """The fingerprinted box of images (b c h w, one size) as the border
+    search reads it: squashed square on its longer side, `canvas_side`
+    pixels, floats in [0, 1]. A square box up to CANVAS_LIMIT times the
+    model's side keeps its own pixels, so a window where a model-size image
+    sits on a larger canvas holds its pixels exactly."""
+    _, _, box_height, box_width = fingerprinted_box(*images.shape[-2:])
+    return model_view(images, canvas_side(max(box_height, box_width), resolution))
 
 
 def add_residual(images, residuals, strength=1.0):
