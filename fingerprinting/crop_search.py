@@ -316,8 +316,7 @@ def border_searched_logits(logits_of, views, before, canvases=None):
     window. `canvases`: each image's square at its own pixels (c v v each,
     `resizing.canvas_view`), so that a window holds a model-size image on a
     larger canvas exactly, not resampled twice; default the views."""
-    if canvases is None:
-        return windows_searched_logits(logits_of, views, before, views.shape[-1])
+    canvases = list(views) if canvases is None else canvases
     logits = before.clone()
     for side in sorted({canvas.shape[-1] for canvas in canvases}):
         rows = [row for row, canvas in enumerate(canvases) if canvas.shape[-1] == side]
