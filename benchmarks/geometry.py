@@ -16,7 +16,9 @@ centred 3/4 crop, and the same crop and blur; the mirror search, a mirror
 image alone and then JPEG 75 or the crop, and the same crop and blur; the
 borders search, white borders of 5 and 10 % of the side, a black one of
 15 %, the image at the top left of a canvas 1.3 times its size, a 10 %
-border then JPEG 75, and the same crop and blur. Each
+border then JPEG 75, the image padded to a square (black bars on two
+sides; nothing for a square image) then JPEG 75, and the same crop and
+blur. Each
 meets, to show what the search costs there, no change, JPEG 50 and a
 centred 3/4 crop.
 The clean images are read with the search too: the measured false
@@ -104,6 +106,8 @@ CHANGES = {
         "border 15%, black": file_changes.border(0.15, (0, 0, 0)),
         "top left of a canvas 1.3x": on_a_canvas,
         "border 10% + jpeg 75": file_changes.then(file_changes.border(0.1), file_changes.jpeg_in_memory(75)),
+        "padded to a square + jpeg 75": file_changes.then(file_changes.padded_to_square,
+                                                          file_changes.jpeg_in_memory(75)),
         **UNTOUCHED,
         "crop 0.67, centred": file_changes.center_crop(0.67),
         "blur radius 2": blurred,

@@ -8,7 +8,8 @@ JPEG 75 (read with --search_orientations or --search_mirror), and a 10 %
 white border, saved as PNG and as JPEG 75 (read with --search_borders). With
 --keep_size (images at their own size, the residual method): JPEG 95/75/50,
 WebP 80, downscales then JPEG 75, crops (and then JPEG 75), rotation 5°, a
-mirror image then JPEG 75, a 10 % border (and then JPEG 75) and
+mirror image then JPEG 75, a 10 % border (and then JPEG 75), the image
+padded to a square then JPEG 75 and
 the combined attack of VideoSeal and OmniSealBench; PSNR and SSIM at the
 native size. The clean inputs are decoded too: the measured FPR.
 

@@ -10,11 +10,11 @@ below it (tests/test_layout.py checks), and from the top-level `models.py`
 (the networks, pure):
 
 1. errors; bits (bit strings, bit accuracy, the detection test); modulation
-   (the content-keyed sign field); forgery (averaging and copy attacks, the
-   training defence against them); resizing (any size through one model);
-   crop_search (reading through a centred crop zoomed back); sample_images
-   (the built-in photographs);
+   (the content-keyed sign field); resizing (any size through one model);
+   sample_images (the built-in photographs);
 2. records (atomic files, record lines, torchrun parts); devices (CUDA, torchrun);
+   forgery (averaging and copy attacks, the training defence against them);
+   crop_search (reading through a crop zoomed back, a shift, a turn, a border);
 3. checkpoints (safe loading, shipped pairs, what a pair's numbers mean); data
    (image files, preprocessing, output formats);
 4. api (Fingerprinter); perturbations (image edits); evaluation (metrics);

@@ -320,9 +320,10 @@ class Fingerprinter:
         the decoding; any pair); `search_mirror`: as it is and mirrored, the
         more confident kept (2x; for samples of a GAN trained with mirror
         augmentation). `search_borders`: also read each as an image placed
-        on a larger canvas, through every window it may sit in (about 700
-        decodes an image; any pair), the windows taken from `canvases` (each
-        image's own pixels, `resizing.canvas_view`; default the views)."""
+        on a larger canvas, through every window it may sit in, and finely
+        through every centred border (700-2,000 decodes an image; any pair),
+        the windows taken from `canvases` (each image's own pixels,
+        `resizing.canvas_view`; default the views)."""
         if search_crops is None:
             search_crops = self.config.search_crops
         if search_crops:
@@ -348,7 +349,7 @@ class Fingerprinter:
         if search_positions:
             logits = crop_search.position_searched_logits(self.logits, views, logits)
         if search_borders:
-            logits = crop_search.border_searched_logits(self.logits, views, logits, canvases)
+            logits = crop_search.border_searched_logits(self.logits, views, logits, canvases, aspects)
         return logits
 
     def check_can_search_crops(self):

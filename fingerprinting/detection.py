@@ -57,9 +57,10 @@ def parse_args(argv=None, description=None):
                              "'Rotations')")
     parser.add_argument("--search_borders", action="store_true",
                         help="also read each image as one placed on a larger canvas (a border, a letterbox, a "
-                             "screenshot), through every window it may sit in (0.67 to 1 of the side) enlarged "
-                             "back, keeping a reading that stands out: about 700 decodes an image (any pair; the "
-                             "FPR holds; docs/robust_training.md, 'Borders')")
+                             "screenshot, a picture padded to a square), through every window it may sit in "
+                             "(0.67 to 1 of the side) and finely through every centred border, enlarged back, "
+                             "keeping a reading that stands out: 700-2,000 decodes an image (any pair; the FPR "
+                             "holds; docs/robust_training.md, 'Borders')")
     orientations = parser.add_mutually_exclusive_group()
     orientations.add_argument("--search_orientations", action="store_true",
                               help="also read each image mirrored left to right and turned by quarter turns (the "

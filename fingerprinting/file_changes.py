@@ -115,6 +115,12 @@ def border(fraction, fill=(255, 255, 255)):
     return lambda image: ImageOps.expand(image, border=round(image.width * fraction), fill=fill)
 
 
+def padded_to_square(image, fill=(0, 0, 0)):
+    """The image centred on a square canvas of its longer side (a letterbox,
+    a picture padded to a square for a feed or a model)."""
+    return ImageOps.pad(image, (max(image.size),) * 2, color=fill)
+
+
 # name: image -> (changed image, Pillow save options). At the model's size:
 FILE_CHANGES = {
     "png (unchanged)": png(lambda image: image),
@@ -153,6 +159,7 @@ NATIVE_FILE_CHANGES = {
     "mirror + jpeg 75": then(ImageOps.mirror, jpeg(75)),
     "border 10%": png(border(0.1)),
     "border 10% + jpeg 75": then(border(0.1), jpeg(75)),
+    "padded to a square + jpeg 75": then(padded_to_square, jpeg(75)),  # a letterbox shared: --search_borders
     # VideoSeal's and OmniSealBench's combined attack.
     "combined: jpeg 80, crop 0.71, brightness 0.5": then(jpeg_in_memory(80), center_crop(0.71), brightness(0.5),
                                                          png(lambda image: image)),

@@ -9,8 +9,9 @@ SCRIPTS = {"train", "embed_fingerprints", "detect_fingerprints", "evaluate", "tr
            "fid", "demo"}
 # The layers of fingerprinting/__init__.py's docstring, lowest first.
 LAYERS = [
-    {"errors", "bits", "modulation", "resizing", "crop_search", "sample_images"},
-    {"records", "devices", "forgery"},  # forgery's copy estimates blur with modulation's Gaussian
+    {"errors", "bits", "modulation", "resizing", "sample_images"},
+    # forgery's copy estimates blur with modulation's Gaussian; crop_search's boxes stop where resizing's square does
+    {"records", "devices", "forgery", "crop_search"},
     {"checkpoints", "data"},
     {"perturbations", "evaluation", "steganalysis", "api", "folders", "generators"},
     {"removal", "training", "embedding", "detection"},
