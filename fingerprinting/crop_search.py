@@ -401,13 +401,14 @@ def centred_boxes(side, aspects):
     smallest = side / resizing.ELONGATED_ASPECT
     readings = []
     for step in range(1, math.floor((side - smallest) / 2 / CENTRED_STEP) + 1):
-        border = step * CENTRED_STEP
         for shape in ("equal", "rows", "columns"):
-            sizes = [centred_box_size(side, border, shape, aspect) for aspect in aspects]
-            rows = [row for row, size in enumerate(sizes) if min(size) >= smallest]
-            readings.append(([(height, width, (side - height) / 2, (side - width) / 2)
-                              for height, width in (sizes[row] for row in rows)], rows))
-    return [(boxes, rows) for boxes, rows in readings if rows]
+            sizes = {row: centred_box_size(side, step * CENTRED_STEP, shape, aspect)
+                     for row, aspect in enumerate(aspects)}
+            fits = {row: (height, width) for row, (height, width) in sizes.items() if min(height, width) >= smallest}
+            if fits:
+                readings.append(([(height, width, (side - height) / 2, (side - width) / 2)
+                                  for height, width in fits.values()], list(fits)))
+    return readings
 
 
 def centred_box_size(side, border, shape, aspect):
