@@ -1,7 +1,9 @@
 """Crops taken anywhere, shifts, rotations, mirror images and quarter turns,
+borders and perspective warps,
 read as before and with the search that undoes them (detect_fingerprints.py
 --search_positions, --search_rotations, --search_orientations,
---search_mirror or --search_borders; fingerprinting/crop_search.py).
+--search_mirror, --search_borders or --search_perspective;
+fingerprinting/crop_search.py).
 
 Embeds one random fingerprint in never-seen images with the pair, changes
 them with Pillow in memory, and reads each change both ways: bit accuracy,
@@ -18,7 +20,9 @@ borders search, white borders of 5 and 10 % of the side, a black one of
 15 %, the image at the top left of a canvas 1.3 times its size, a 10 %
 border then JPEG 75, the image padded to a square (black bars on two
 sides; nothing for a square image) then JPEG 75, and the same crop and
-blur. Each
+blur; the perspective search, warps moving each corner inward by up to
+0.05 and 0.1 of the side (torchvision's RandomPerspective(0.1) and (0.2)),
+the first then JPEG 90, and the same crop and blur. Each
 meets, to show what the search costs there, no change, JPEG 50 and a
 centred 3/4 crop.
 The clean images are read with the search too: the measured false
@@ -29,6 +33,7 @@ residual method), as a native-size pair is used.
     python benchmarks/geometry.py --model celeba_64_v6 --data_dir celeba_test/ --center_crop 74 --num_images 200
     python benchmarks/geometry.py --model celeba_64_native2 --data_dir lsun_test/ --keep_size --search rotations
     python benchmarks/geometry.py --model cifar10_32_robust --data_dir cifar_heldout/ --search orientations
+    python benchmarks/geometry.py --model celeba_64_robust --data_dir celeba_test/ --center_crop 74 --search perspective
 """
 
 import argparse
@@ -112,6 +117,14 @@ CHANGES = {
         "crop 0.67, centred": file_changes.center_crop(0.67),
         "blur radius 2": blurred,
     },
+    "perspective": {
+        "perspective 0.1": file_changes.perspective(0.1),
+        "perspective 0.2": file_changes.perspective(0.2),
+        "perspective 0.1 + jpeg 90": file_changes.then(file_changes.perspective(0.1), file_changes.jpeg_in_memory(90)),
+        **UNTOUCHED,
+        "crop 0.67, centred": file_changes.center_crop(0.67),
+        "blur radius 2": blurred,
+    },
     "mirror": {
         "mirror": ImageOps.mirror,
         "mirror + jpeg 75": file_changes.then(ImageOps.mirror, file_changes.jpeg_in_memory(75)),
@@ -126,15 +139,20 @@ CHANGES = {
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="a shipped pair")
-    parser.add_argument("--data_dir", required=True, help="clean images never trained on")
+    add_image_arguments(parser)
     parser.add_argument("--search", choices=sorted(CHANGES), default="positions",
                         help="which search, and the changes it meets (default positions)")
+    return parser.parse_args(argv)
+
+
+def add_image_arguments(parser):
+    """The pair, the clean images (`clean_images`) and the fingerprint's seed."""
+    parser.add_argument("--model", required=True, help="a shipped pair")
+    parser.add_argument("--data_dir", required=True, help="clean images never trained on")
     parser.add_argument("--center_crop", type=int, default=0, help="as for embed/detect (74 for CelebA at 64)")
     parser.add_argument("--keep_size", action="store_true", help="the images at their own sizes, as --keep_size")
     parser.add_argument("--num_images", type=int, default=200, help="images read (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="the fingerprint's seed (default 0)")
-    return parser.parse_args(argv)
 
 
 def clean_images(args, resolution):

@@ -14,7 +14,8 @@ below it (tests/test_layout.py checks), and from the top-level `models.py`
    sample_images (the built-in photographs);
 2. records (atomic files, record lines, torchrun parts); devices (CUDA, torchrun);
    forgery (averaging and copy attacks, the training defence against them);
-   crop_search (reading through a crop zoomed back, a shift, a turn, a border);
+   crop_search (reading through a crop zoomed back, a shift, a turn, a border,
+   a perspective warp);
 3. checkpoints (safe loading, shipped pairs, what a pair's numbers mean); data
    (image files, preprocessing, output formats);
 4. api (Fingerprinter); perturbations (image edits); evaluation (metrics);

@@ -11,6 +11,7 @@ b c h w in [0, 1]. At the model's own size `embed` is the plain encoder and
 (resizing.py). The command-line scripts are built on this class.
 """
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -149,7 +150,7 @@ class Fingerprinter:
 
     def detect(self, images, fingerprint=None, fpr=1e-6, center_crop=False, search_crops=None,
                search_positions=False, search_rotations=False, search_orientations=False, search_mirror=False,
-               search_borders=False):
+               search_borders=False, search_perspective=False):
         """Read the fingerprint of `images` (as for `embed`) into a Detection.
 
         Each whole image is resized to the model's size, as `embed` did;
@@ -161,7 +162,8 @@ class Fingerprinter:
         `search_rotations=True` images turned by up to 30 degrees,
         `search_orientations=True` mirrored images and quarter turns,
         `search_mirror=True` samples of a GAN trained with mirror augmentation,
-        `search_borders=True` images placed on a larger canvas (a border).
+        `search_borders=True` images placed on a larger canvas (a border),
+        `search_perspective=True` images warped in perspective.
         With `fingerprint` (as for `embed`), also scores it at `fpr`."""
         tensors, _ = as_tensors(images, self.device)
         with torch.inference_mode():
@@ -169,8 +171,10 @@ class Fingerprinter:
             aspects = torch.tensor([1.0 if center_crop else resizing.view_aspect(*image.shape[-2:])
                                     for image in tensors])
             canvases = [self.canvas_for_detection(image, center_crop) for image in tensors] if search_borders else None
-            bits = self.read_bits(torch.stack(views), search_crops, search_positions, search_rotations, aspects,
-                                  search_orientations, search_mirror, search_borders, canvases)
+            searches = crop_search.Searches(crops=search_crops, positions=search_positions, rotations=search_rotations,
+                                            orientations=search_orientations, mirror=search_mirror,
+                                            borders=search_borders, perspective=search_perspective)
+            bits = self.read_bits(torch.stack(views), searches, aspects, canvases)
         upscaled = torch.tensor([resizing.is_smaller_than(image, self.resolution) for image in tensors])
         if fingerprint is None:
             return Detection(bits.cpu(), upscaled)
@@ -305,51 +309,53 @@ class Fingerprinter:
                                       self.decoder_batch)
         return torch.cat([decode_views(views[start:start + BATCH_SIZE]) for start in range(0, len(views), BATCH_SIZE)])
 
-    def read_bits(self, views, search_crops=None, search_positions=False, search_rotations=False, aspects=None,
-                  search_orientations=False, search_mirror=False, search_borders=False, canvases=None):
-        """Decoded bits (b L uint8) of model-size images. `search_crops`: also
-        read each as a centred crop zoomed back, and keep the most confident
-        reading (crop_search.py; 9x the decoding, 18x at 32 px; content-keyed pairs only);
-        None: as the pair's config says (on for a decoder trained for it).
-        `search_positions`: also read each as a crop taken anywhere, or
-        shifted (about 700 decodes an image; any pair). `search_rotations`:
-        also read each turned back by up to ROTATION_DEGREES (60 decodes an
-        image; any pair), in the geometry of images whose width / height
-        were `aspects` (b; default: square). `search_orientations`: also read
-        each mirrored and by quarter turns, every other search in each (8x
-        the decoding; any pair); `search_mirror`: as it is and mirrored, the
-        more confident kept (2x; for samples of a GAN trained with mirror
-        augmentation). `search_borders`: also read each as an image placed
-        on a larger canvas, through every window it may sit in, and finely
-        through every centred border (700-2,000 decodes an image; any pair),
-        the windows taken from `canvases` (each image's own pixels,
-        `resizing.canvas_view`; default the views)."""
-        if search_crops is None:
-            search_crops = self.config.search_crops
-        if search_crops:
+    def read_bits(self, views, searches=crop_search.Searches(), aspects=None, canvases=None):
+        """Decoded bits (b L uint8) of model-size images, through `searches`
+        (a crop_search.Searches). `crops`: also read each as a centred crop
+        zoomed back, and keep the most confident reading (crop_search.py; 9x
+        the decoding, 18x at 32 px; content-keyed pairs only); None: as the
+        pair's config says (on for a decoder trained for it). `positions`:
+        also read each as a crop taken anywhere, or shifted (about 700
+        decodes an image; any pair). `rotations`: also read each turned back
+        by up to ROTATION_DEGREES (60 decodes an image; any pair), in the
+        geometry of images whose width / height were `aspects` (b; default:
+        square). `orientations`: also read each mirrored and by quarter
+        turns, every other search in each (8x the decoding; any pair);
+        `mirror`: as it is and mirrored, the more confident kept (2x; for
+        samples of a GAN trained with mirror augmentation). `borders`: also
+        read each as an image placed on a larger canvas, through every window
+        it may sit in, and finely through every centred border (700-2,000
+        decodes an image; any pair), the windows taken from `canvases` (each
+        image's own pixels, `resizing.canvas_view`; default the views).
+        `perspective`: also read each warped back in perspective, its corners
+        found by gradient ascent on the reading's confidence (300 decodes,
+        each with its gradient, an image; any pair)."""
+        if searches.crops is None:
+            searches = dataclasses.replace(searches, crops=self.config.search_crops)
+        if searches.crops:
             self.check_can_search_crops()
         aspects = torch.ones(len(views)) if aspects is None else aspects
 
         def read(oriented_views, oriented_aspects, oriented_canvases):
-            return self.searched_logits(oriented_views, oriented_aspects, search_crops, search_positions,
-                                        search_rotations, search_borders, oriented_canvases)
+            return self.searched_logits(oriented_views, oriented_aspects, searches, oriented_canvases)
 
-        if search_orientations:
+        if searches.orientations:
             return bits_from_logits(crop_search.orientation_searched_logits(read, views, aspects, canvases))
-        if search_mirror:
+        if searches.mirror:
             return bits_from_logits(crop_search.mirror_searched_logits(read, views, aspects, canvases))
         return bits_from_logits(read(views, aspects, canvases))
 
-    def searched_logits(self, views, aspects, search_crops, search_positions, search_rotations, search_borders=False,
-                        canvases=None):
-        """Logits (b L) of `views` through the searches `read_bits` names."""
-        logits = crop_search.searched_logits(self.logits, views) if search_crops else self.logits(views)
-        if search_rotations:
+    def searched_logits(self, views, aspects, searches, canvases=None):
+        """Logits (b L) of `views` through `searches` but the orientations (`read_bits`)."""
+        logits = crop_search.searched_logits(self.logits, views) if searches.crops else self.logits(views)
+        if searches.rotations:
             logits = crop_search.rotation_searched_logits(self.logits, views, aspects, logits)
-        if search_positions:
+        if searches.positions:
             logits = crop_search.position_searched_logits(self.logits, views, logits)
-        if search_borders:
+        if searches.borders:
             logits = crop_search.border_searched_logits(self.logits, views, logits, canvases, aspects)
+        if searches.perspective:
+            logits = crop_search.perspective_searched_logits(self.logits, views, logits)
         return logits
 
     def check_can_search_crops(self):

@@ -1,6 +1,6 @@
 """Reading a fingerprint through a crop zoomed back to the model's size, a
-shift or a rotation, by undoing each candidate and keeping the most
-confident reading.
+shift, a rotation, a border or a perspective warp, by undoing each
+candidate and keeping the most confident reading.
 
 A crop that keeps `fraction` of each side, resized back, enlarges the
 residual by 1/fraction, and for content-keyed pairs the sign field the
@@ -42,18 +42,51 @@ border, a letterbox, a screenshot) is read through each window it may sit
 in, cut from the image at its own pixels and resized to the model's size,
 and centred borders, the usual kind, a quarter of a pixel apart
 (`centred_boxes`); the best must stand out from the other windows
-(BORDER_PROMINENCE).
+(BORDER_PROMINENCE). With `search_perspective`, a view is also warped
+back through four corners found by gradient ascent on the reading's
+confidence (`perspective_climbed`), counted only where each corner moved
+as an editor's warp moves it (`within_reach`), and kept where it is
+PERSPECTIVE_MARGIN more confident than the readings before. `Searches`
+names which of these a reading runs.
 
 Pure functions over float views b c r r in [0, 1] and logits t b L.
 """
 
 import math
+from dataclasses import dataclass, fields
 from functools import partial
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from fingerprinting import resizing
+from fingerprinting import modulation, resizing
+
+
+@dataclass(frozen=True)
+class Searches:
+    """Which searches a reading runs, each named as detect_fingerprints.py's
+    --search_<name> (`Fingerprinter.read_bits` says what each does and costs);
+    `crops` None: as the pair's config says."""
+
+    crops: Optional[bool] = None
+    positions: bool = False
+    rotations: bool = False
+    orientations: bool = False
+    mirror: bool = False
+    borders: bool = False
+    perspective: bool = False
+
+    @classmethod
+    def flags(cls):
+        """{"search_<name>": default} of every search: detect_fingerprints.py's flags."""
+        return {f"search_{field.name}": field.default for field in fields(cls)}
+
+    @classmethod
+    def of(cls, settings):
+        """The searches an object with search_<name> attributes (parsed flags) asks for."""
+        return cls(**{field.name: getattr(settings, f"search_{field.name}") for field in fields(cls)})
+
 
 FRACTIONS = (0.9, 0.8, 0.75, 0.7, 0.67)
 MARGIN = 1.15
@@ -140,10 +173,10 @@ def most_confident(readings):
     return clearly_better(best, readings[0])
 
 
-def clearly_better(best, before):
-    """Per image, `best`'s reading (a MostConfident) where it is MARGIN times
+def clearly_better(best, before, margin=MARGIN):
+    """Per image, `best`'s reading (a MostConfident) where it is `margin` times
     as confident as `before` (b L logits), else `before`: b L."""
-    found = best.confidence > MARGIN * before.abs().mean(1)
+    found = best.confidence > margin * before.abs().mean(1)
     return torch.where(found.unsqueeze(1), best.logits, before)
 
 
@@ -484,3 +517,100 @@ def leading(readings, lead):
     top = readings.abs().mean(2).topk(2, dim=0)
     chosen = torch.where(top.values[0] > lead * top.values[1], top.indices[0], torch.zeros_like(top.indices[0]))
     return readings[chosen, torch.arange(readings.shape[1], device=readings.device)]
+
+
+# --- perspective warps (search_perspective) -------------------------------------------
+
+# A perspective warp (a photo of a screen or a print, a keystone correction,
+# the Perspective augmentation of VideoSeal's list) moves each corner on its
+# own: eight numbers, too many to try on a grid, and the decoder reads its own
+# warp back only within about a pixel of each corner. So the corners are
+# found by gradient ascent on the reading's confidence, from each of
+# PERSPECTIVE_STARTS (the view's corners moved inward by that share of its
+# half side, as a warp that keeps the picture inside the frame moves them),
+# first through a blur that widens the peak (PERSPECTIVE_SCHEDULE: blur
+# sigma in view pixels, step size in half sides, steps). Eight free numbers
+# lift any image's confidence, by 1.1-2x on a clean face, but through warps
+# no editor makes: a corner thrown far out of the frame (blurred faces read
+# wrongly so went 0.68-1.08 of the half side out, and clean ones up to
+# 0.9), where a warp undone moves each corner inward, at most 0.28 of the
+# half side at RandomPerspective(0.2), at most 0.04 out. So an end counts
+# only where every corner stays within PERSPECTIVE_REACH inward and
+# PERSPECTIVE_SLACK outward, and the most confident of those is kept where
+# it is PERSPECTIVE_MARGIN ahead of the readings before
+# (docs/robust_training.md, "Perspective warps").
+PERSPECTIVE_STARTS = (0.0, 0.05, 0.1)
+PERSPECTIVE_SCHEDULE = ((2.0, 0.02, 30), (1.0, 0.02, 30), (0.5, 0.01, 20), (0.0, 0.005, 20))
+PERSPECTIVE_REACH, PERSPECTIVE_SLACK = 0.35, 0.1
+PERSPECTIVE_MARGIN = 1.3
+VIEW_CORNERS = ((-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0))  # as grid_sample places them
+
+
+def homographies(corners):
+    """The 3x3 maps (b 3 3) taking VIEW_CORNERS to `corners` (b 4 2), in grid_sample's coordinates."""
+    rows, targets = [], corners.reshape(len(corners), 8)
+    for (x, y), corner in zip(VIEW_CORNERS, corners.unbind(1)):
+        u, v = corner.unbind(1)
+        one, zero = torch.ones_like(u), torch.zeros_like(u)
+        rows.append(torch.stack([one * x, one * y, one, zero, zero, zero, -x * u, -y * u], 1))
+        rows.append(torch.stack([zero, zero, zero, one * x, one * y, one, -x * v, -y * v], 1))
+    coefficients = torch.linalg.solve(torch.stack(rows, 1), targets)
+    return torch.cat([coefficients, torch.ones_like(coefficients[:, :1])], 1).reshape(-1, 3, 3)
+
+
+def warped_back(views, corners):
+    """`views` (b c r r) resampled so that the points at `corners` (b 4 2, in
+    grid_sample's coordinates) become the view's corners: a perspective
+    warp that moved them there, undone (bilinear, differentiable)."""
+    resolution = views.shape[-1]
+    steps = (torch.arange(resolution, dtype=views.dtype, device=views.device) * 2 + 1) / resolution - 1
+    rows, columns = torch.meshgrid(steps, steps, indexing="ij")
+    points = torch.stack([columns, rows, torch.ones_like(rows)], -1).reshape(-1, 3)
+    mapped = torch.einsum("bij,nj->bni", homographies(corners), points)
+    grid = (mapped[..., :2] / mapped[..., 2:]).reshape(len(views), resolution, resolution, 2)
+    return F.grid_sample(views, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def perspective_climbed(logits_of, views, start):
+    """The corners (b 4 2) gradient ascent on the confidence of
+    `logits_of(warped_back(views, corners))` reaches from VIEW_CORNERS moved
+    inward by `start`, through PERSPECTIVE_SCHEDULE."""
+    view_corners = torch.tensor(VIEW_CORNERS, dtype=views.dtype, device=views.device)
+    corners = (view_corners * (1 - start)).expand(len(views), 4, 2).clone().requires_grad_(True)
+    for sigma, step, count in PERSPECTIVE_SCHEDULE:
+        optimizer = torch.optim.Adam([corners], lr=step)
+        for _ in range(count):
+            warped = warped_back(views, corners)
+            if sigma:
+                warped = modulation.gaussian_blur(warped, sigma)
+            confidence = logits_of(warped).abs().mean(1).sum()
+            corners.grad, = torch.autograd.grad(-confidence, [corners])
+            optimizer.step()
+    return corners.detach()
+
+
+def perspective_searched_logits(logits_of, views, before):
+    """Logits (b L) of `views` warped back through the corners
+    `perspective_climbed` reaches from each of PERSPECTIVE_STARTS that an
+    editor's warp could have moved (`within_reach`), the most confident
+    where it is PERSPECTIVE_MARGIN more confident than `before` (b L).
+    `logits_of` must be differentiable; runs with gradients on whatever
+    mode the caller is in (inference mode included)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        views = views.clone()
+        ends = [perspective_climbed(logits_of, views, start) for start in PERSPECTIVE_STARTS]
+    best = MostConfident(before)
+    with torch.no_grad():
+        for corners in ends:
+            rows = within_reach(corners).nonzero().flatten()
+            if len(rows):
+                best.offer(logits_of(warped_back(views[rows], corners[rows])), rows=rows)
+    return clearly_better(best, before, PERSPECTIVE_MARGIN)
+
+
+def within_reach(corners):
+    """Per view (b), whether every corner of `corners` (b 4 2) moved at most
+    PERSPECTIVE_REACH of the half side inward and PERSPECTIVE_SLACK outward."""
+    view_corners = torch.tensor(VIEW_CORNERS, dtype=corners.dtype, device=corners.device)
+    inward = (view_corners - corners) * view_corners.sign()
+    return ((inward <= PERSPECTIVE_REACH) & (inward >= -PERSPECTIVE_SLACK)).flatten(1).all(1)

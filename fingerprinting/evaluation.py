@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fingerprinting import data
+from fingerprinting import crop_search, data
 from fingerprinting.bits import detection_threshold
 from fingerprinting.errors import UserError
 
@@ -35,12 +35,12 @@ def fingerprinted_images(fingerprinter, bits, images, batch_size=256):
 @torch.no_grad()
 def decoded_bits(fingerprinter, images, batch_size=256, perturb=None, search_mirror=False):
     """Bits (n L) a Fingerprinter reads from uint8 images (n c r r); `perturb`
-    changes each float batch first; `search_mirror` as `read_bits`."""
+    changes each float batch first; `search_mirror` as `read_bits`'s `Searches.mirror`."""
     out = []
     for start in range(0, len(images), batch_size):
         batch = data.to_float(images[start:start + batch_size]).to(fingerprinter.device)
         out.append(fingerprinter.read_bits(batch if perturb is None else perturb(batch),
-                                           search_mirror=search_mirror).cpu())
+                                           crop_search.Searches(mirror=search_mirror)).cpu())
     return torch.cat(out)
 
 

@@ -10,13 +10,15 @@ its input at the size it was saved (with --keep_size, the input's own).
 """
 
 import argparse
+import io
 import os
 
 import numpy as np
+import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from tqdm import tqdm
 
-from fingerprinting import data, detection, embedding, evaluation
+from fingerprinting import crop_search, data, detection, embedding, evaluation
 
 
 def blur_sigma(kernel_size):
@@ -77,15 +79,17 @@ def gaussian_noise(std, seed=0):
     return noisy
 
 
-def jpeg_in_memory(quality):
-    """A JPEG save and reload inside a chain of edits."""
+def in_memory(image_format, quality):
+    """A save and reload in `image_format` inside a chain of edits."""
     def roundtrip(image):
-        import io
-
         buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=quality)
+        image.save(buffer, format=image_format, quality=quality)
         return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
     return roundtrip
+
+
+def jpeg_in_memory(quality):
+    return in_memory("JPEG", quality)
 
 
 def then(*steps):
@@ -113,6 +117,21 @@ def border(fraction, fill=(255, 255, 255)):
     """The image on a canvas larger by `fraction` of its width on every side
     (the border a screenshot, a letterbox or a frame adds)."""
     return lambda image: ImageOps.expand(image, border=round(image.width * fraction), fill=fill)
+
+
+def perspective(distortion, seed=0):
+    """Each corner moved inward by up to `distortion` / 2 of the side, at
+    seeded random (torchvision's RandomPerspective(distortion)), the rest black."""
+    generator = np.random.default_rng(seed)
+
+    def warp(image):
+        width, height = image.size
+        reach = np.array([width, height]) * distortion / 2
+        corners = np.array([[0, 0], [width - 1, 0], [width - 1, height - 1], [0, height - 1]])
+        inward = np.array([[1, 1], [-1, 1], [-1, -1], [1, -1]])
+        moved = corners + inward * np.floor(generator.uniform(0, 1, (4, 2)) * (reach + 1))
+        return TF.perspective(image, corners.tolist(), moved.tolist())
+    return warp
 
 
 def padded_to_square(image, fill=(0, 0, 0)):
@@ -188,8 +207,7 @@ def ssim_of_files(inputs, outputs, names):
 
 # How detection searches, unless the settings say otherwise: crops as the pair's
 # config says (True: on, False: off), and none of the others.
-SEARCHES = dict(search_crops=None, search_positions=False, search_rotations=False, search_orientations=False,
-                search_mirror=False, search_borders=False)
+SEARCHES = crop_search.Searches.flags()
 
 
 def settings_of(**values):

@@ -51,7 +51,7 @@ class AdditiveToy:
         signs = (bits * 2 - 1)[:, :, None, None, None]
         return (images + 0.025 * (signs * self.patterns).sum(1) / self.length ** 0.5).clamp(0, 1)
 
-    def read_bits(self, images, **searches):  # Fingerprinter.read_bits's searches: this toy has none
+    def read_bits(self, images, searches=None):  # Fingerprinter.read_bits's searches: this toy has none
         return ((images - 0.5).unsqueeze(1) * self.patterns).flatten(2).sum(2).gt(0).to(torch.uint8)
 
     def score(self, bits, expected, fpr):
