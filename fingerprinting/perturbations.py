@@ -195,6 +195,15 @@ def jpeg_with_gradient(images, quality, stand_in="approximation"):
     return approximation + (jpeg(images.detach(), quality) - approximation).detach()
 
 
+def jpeg_off_grid(images, quality, offset, stand_in="approximation"):
+    """`jpeg_with_gradient` with the image starting `offset` (rows, columns)
+    pixels into JPEG's 8x8 blocks (and its 2x2 colour cells), as after a
+    crop, a shift or a border: its edge is repeated into the margin."""
+    top, left = offset
+    padded = F.pad(images, (left, 0, top, 0), mode="replicate")
+    return jpeg_with_gradient(padded, quality, stand_in)[..., top:, left:]
+
+
 def resample(images, scale):
     """Enlarged `scale` times (bilinear) and shrunk back (antialiased): what
     the residual method does to a fingerprint embedded into, and read from,
@@ -213,12 +222,17 @@ AUGMENTATIONS = {
     "jpeg": (100, 40),
     "center_crop": (1.0, 0.7),
     "resample": (1.0, 4.0),  # only with --augment_resample
+    "chain": (0.0, 1.0),  # only with --augment_chains: the share of the way to CHAIN_STRONGEST
 }
+# A crop (kept fraction) or a downscale (scale), then JPEG (quality): the
+# social-media chains of PERTURBATIONS, at their strongest trained setting.
+CHAIN_MILDEST = {"crop": 1.0, "downscale": 1.0, "quality": 95}
+CHAIN_STRONGEST = {"crop": 0.7, "downscale": 0.5, "quality": 50}
 # One batch slice each; JPEG, the hardest to survive, gets three. Measured
 # at 6,000 steps, JPEG 50 bit accuracy: one slice of five 0.750 (at 31 dB),
 # two of six 0.839, three of seven 0.882 (both at 30.3 dB); center crop 3/4
 # 0.929, 0.901, 0.869.
-AUGMENTATION_SLICES = [name for name in AUGMENTATIONS if name != "resample"] + ["jpeg", "jpeg"]
+AUGMENTATION_SLICES = [name for name in AUGMENTATIONS if name not in ("resample", "chain")] + ["jpeg", "jpeg"]
 
 
 @dataclass(frozen=True)
@@ -227,9 +241,11 @@ class AugmentOptions:
     strongest_crop: float = AUGMENTATIONS["center_crop"][1]  # kept fraction of the side
     resample: bool = False  # one more slice: the residual method's enlarge-and-shrink, then a crop
     crops_shrunk_back: bool = False  # the crop slice read as detect --search_crops reads a crop (crop_search.py)
+    # Two more slices cropped or downscaled, then saved as JPEG; every JPEG slice off the 8x8 grid.
+    chains: bool = False
 
     def slices(self):
-        return AUGMENTATION_SLICES + (["resample"] if self.resample else [])
+        return AUGMENTATION_SLICES + (["resample"] if self.resample else []) + (["chain"] * 2 if self.chains else [])
 
 
 def augment(images, ramp, generator, options=AugmentOptions()):
@@ -247,6 +263,22 @@ def augment(images, ramp, generator, options=AugmentOptions()):
                       for part, name in zip(slices, names) if len(part)])
 
 
+def chain(images, fraction, generator, jpeg_stand_in="approximation"):
+    """A center crop (resized back) or a downscale (JPEG at the small size,
+    then scaled back up), either `fraction` of the way to CHAIN_STRONGEST,
+    then JPEG: the chains an upload puts an image through."""
+    def setting(name):
+        return CHAIN_MILDEST[name] + fraction * (CHAIN_STRONGEST[name] - CHAIN_MILDEST[name])
+    quality = round(setting("quality"))
+    if torch.rand((), generator=generator) < 0.5:
+        return jpeg_with_gradient(center_crop(images, setting("crop")), quality, jpeg_stand_in)
+    size = images.shape[-1]
+    small = F.interpolate(images, size=max(8, round(size * setting("downscale"))), mode="bilinear",
+                          antialias=True, align_corners=False).clamp(0, 1)
+    return F.interpolate(jpeg_with_gradient(small, quality, jpeg_stand_in), size=images.shape[-2:],
+                         mode="bilinear", align_corners=False).clamp(0, 1)
+
+
 def augment_slice(images, name, ramp, generator, options=AugmentOptions()):
     """`name` at a strength drawn up to `ramp` (0..1) of the way to its
     strongest setting, favouring the strong end."""
@@ -259,10 +291,15 @@ def augment_slice(images, name, ramp, generator, options=AugmentOptions()):
     strength = mildest + fraction * (strongest - mildest)
     if name == "gaussian_blur":
         return gaussian_blur(images, 2 * round((strength - 1) / 2) + 1)
+    if name == "jpeg" and options.chains:
+        offset = torch.randint(8, (2,), generator=generator).tolist()
+        return jpeg_off_grid(images, round(strength), offset, options.jpeg_stand_in)
     if name == "jpeg":
         return jpeg_with_gradient(images, round(strength), options.jpeg_stand_in)
     if name == "gaussian_noise":
         return gaussian_noise(images, strength, generator)
+    if name == "chain":
+        return chain(images, strength, generator, options.jpeg_stand_in)
     if name == "resample":
         # A crop of the large image comes on top of the resampling as often as not.
         crop = 1 - (1 - options.strongest_crop) * ramp * float(torch.rand((), generator=generator))

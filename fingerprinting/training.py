@@ -143,6 +143,9 @@ def build_parser(description=None):
         help="with --augment: the crop slice is shrunk back to the scale it was embedded at, its border "
              "replicated, as detect_fingerprints.py --search_crops reads a crop; the pair's config then "
              "turns that search on by default (default off)")
+    add("--augment_chains", action="store_true",
+        help="with --augment: two more batch slices cropped or downscaled, then saved as JPEG, and every JPEG "
+             "slice saved off JPEG's 8x8 grid, as an upload does (default off)")
     add("--jpeg_gradient", choices=sorted(perturbations.JPEG_STAND_INS), default="approximation",
         help="with --augment: what the real JPEG's gradient flows through (default approximation; "
              "kornia needs `pip install kornia`)")
@@ -223,6 +226,8 @@ def parse_args(argv=None, description=None):
         parser.error("--decoder_only needs --init_from: the encoder it keeps")
     if args.augment_crops_shrunk_back and not args.augment:
         parser.error("--augment_crops_shrunk_back needs --augment")
+    if args.augment_chains and not args.augment:
+        parser.error("--augment_chains needs --augment")
     if args.decoder_only and (args.modulation != "none" or args.modulation_mean or args.luma_residual
                               or args.chroma_loss_weight):
         parser.error("--decoder_only keeps the --init_from pair's encoding: leave out --modulation, "
@@ -413,7 +418,7 @@ def training_step(models, optimizer, images, bits, weights, args, generator=None
         seen = fingerprinted
         if weights.get("augment"):
             options = perturbations.AugmentOptions(args.jpeg_gradient, args.augment_crop, args.augment_resample,
-                                                   args.augment_crops_shrunk_back)
+                                                   args.augment_crops_shrunk_back, args.augment_chains)
             seen = perturbations.augment(fingerprinted.float().clamp(0, 1), weights["augment"], generator, options)
         logits = decode(decoder, config, seen)
     fingerprinted, logits = fingerprinted.float(), logits.float()

@@ -186,6 +186,43 @@ def test_training_augmentation_gives_each_perturbation_its_slices(monkeypatch):
     perturbations.augment(torch.rand(64, 3, 16, 16), 1.0, torch.Generator().manual_seed(0),
                           perturbations.AugmentOptions(resample=True))
     assert sorted(name for name, _ in applied) == sorted([*plain, "resample"])
+    applied.clear()  # --augment_chains: two more slices
+    perturbations.augment(torch.rand(64, 3, 16, 16), 1.0, torch.Generator().manual_seed(0),
+                          perturbations.AugmentOptions(chains=True))
+    assert sorted(name for name, _ in applied) == sorted([*plain, "chain", "chain"])
+
+
+def test_jpeg_off_the_grid_takes_the_colour_a_grid_aligned_pattern_keeps():
+    # Colour that alternates in 2x2 cells lined up with JPEG's 4:2:0 colour cells.
+    cells = torch.tensor([[0.0, 1.0], [1.0, 0.0]]).repeat(8, 8).repeat_interleave(2, 0).repeat_interleave(2, 1)
+    images = torch.stack([0.5 + 0.2 * (cells - 0.5), 0.5 - 0.2 * (cells - 0.5), torch.full_like(cells, 0.5)])[None]
+    pattern = images - images.mean((-2, -1), keepdim=True)
+    def kept(out):
+        return float((out - out.mean((-2, -1), keepdim=True)).mul(pattern).sum() / pattern.pow(2).sum())
+    assert (perturbations.jpeg_off_grid(images, 95, (0, 0)) - perturbations.jpeg(images, 95)).abs().max() < 1e-6
+    # On the grid (or an even number of pixels off it) JPEG 95 keeps a quarter of it (the decoder's
+    # smooth colour upsampling takes the rest); an odd pixel off, the cells are averaged away.
+    assert kept(perturbations.jpeg_off_grid(images, 95, (0, 0))) > 0.2
+    assert kept(perturbations.jpeg_off_grid(images, 95, (2, 2))) > 0.2
+    assert abs(kept(perturbations.jpeg_off_grid(images, 95, (1, 1)))) < 0.02
+
+
+def test_the_chain_slice_crops_or_downscales_then_saves_as_jpeg():
+    images = torch.rand(64, 3, 32, 32, requires_grad=True)
+    mildest = perturbations.chain(images, 0.0, torch.Generator().manual_seed(0))
+    # At the mild end either branch is the JPEG alone, real in the forward pass, with a gradient.
+    assert (mildest - perturbations.jpeg(images, perturbations.CHAIN_MILDEST["quality"])).abs().max() < 1e-5
+    assert mildest.requires_grad
+    strongest = {}
+    for seed in range(8):  # each branch is drawn about half the time
+        out = perturbations.chain(images, 1.0, torch.Generator().manual_seed(seed))
+        crop = perturbations.jpeg(perturbations.center_crop(images, perturbations.CHAIN_STRONGEST["crop"]), 50)
+        branch = "crop" if (out - crop).abs().max() < 1e-5 else "downscale"
+        strongest[branch] = out
+    assert set(strongest) == {"crop", "downscale"}
+    # A downscale to 0.5 keeps 16 of 32 pixels a side: what comes back is far smoother than the input.
+    assert perturbations.gaussian_blur(strongest["downscale"], 5).sub(strongest["downscale"]).abs().mean() < \
+        perturbations.gaussian_blur(images, 5).sub(images).abs().mean() / 3
 
 
 def test_resampling_is_the_residual_methods_enlarge_and_shrink():

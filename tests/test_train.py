@@ -270,10 +270,11 @@ def test_a_decoder_trained_on_shrunk_back_crops_is_read_searching_them(tmp_path,
     assert Fingerprinter.from_paths(None, prefix + "_decoder.pth").config.search_crops
 
 
-def test_shrunk_back_crops_need_augmentation(tmp_path, capsys):
+@pytest.mark.parametrize("option", ["--augment_crops_shrunk_back", "--augment_chains"])
+def test_augmentation_options_need_augmentation(tmp_path, capsys, option):
     with pytest.raises(SystemExit):
-        train_args(tmp_path, tmp_path, "--augment_crops_shrunk_back")
-    assert "--augment_crops_shrunk_back needs --augment" in capsys.readouterr().err
+        train_args(tmp_path, tmp_path, option)
+    assert f"{option} needs --augment" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra, message", [
