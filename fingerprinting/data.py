@@ -5,6 +5,7 @@ One definition of each, used by train, embed, detect and evaluation.
 
 import os
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -187,7 +188,7 @@ class ImageFiles(Dataset):
 
     def prepare(self, image):
         prepared = preprocess(image, self.resolution, self.center_crop)
-        return (prepared, self.canvas(image)) if self.canvases else prepared
+        return CanvasItem(prepared, self.canvas(image)) if self.canvases else prepared
 
     def canvas(self, image):
         """The preprocessing's square at the image's own pixels (uint8 c v v,
@@ -212,8 +213,22 @@ class NativeImageFiles(ImageFiles):
     def prepare(self, image):
         pixels = pil_to_uint8(image)
         view = resizing.model_view(pixels.unsqueeze(0), self.resolution)[0]
-        return (pixels if self.keep_pixels else None, view, resizing.is_smaller_than(pixels, self.resolution),
-                resizing.view_aspect(*pixels.shape[-2:]))
+        return NativeItem(pixels if self.keep_pixels else None, view, resizing.is_smaller_than(pixels, self.resolution),
+                          resizing.view_aspect(*pixels.shape[-2:]))
+
+
+class CanvasItem(NamedTuple):
+    """An `ImageFiles` image with its canvas (`ImageFiles.canvas`)."""
+    image: torch.Tensor  # uint8 c r r
+    canvas: torch.Tensor  # uint8 c v v
+
+
+class NativeItem(NamedTuple):
+    """A `NativeImageFiles` image."""
+    pixels: "torch.Tensor | None"  # uint8 c h w, or None without keep_pixels
+    view: torch.Tensor  # float c r r
+    upscaled: bool
+    aspect: float
 
 
 def pil_to_uint8(image):
@@ -230,10 +245,11 @@ def collate_records(records):
     good = [(index, image) for index, image, error in records if error is None]
     failed = [(index, error) for index, _, error in records if error is not None]
     indices = torch.tensor([index for index, _ in good], dtype=torch.long)
-    if good and isinstance(good[0][1], tuple) and len(good[0][1]) == 2:
+    first = good[0][1] if good else None
+    if isinstance(first, CanvasItem):
         images, canvases = zip(*(image for _, image in good))
         return indices, CanvasBatch(torch.stack(images), list(canvases)), failed
-    if good and isinstance(good[0][1], tuple):
+    if isinstance(first, NativeItem):
         pixels, views, upscaled, aspects = zip(*(image for _, image in good))
         batch = NativeBatch(list(pixels), torch.stack(views), torch.tensor(upscaled), torch.tensor(aspects))
         return indices, batch, failed

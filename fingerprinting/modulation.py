@@ -58,9 +58,10 @@ SHARPNESS_SCALE = 0.5
 MODES = ("none",) + tuple(BANDS)
 
 
-def gaussian_blur(images, sigma):
-    """Separable Gaussian blur (reflect padding) of b c h w images."""
-    radius = max(1, round(3 * sigma))
+def gaussian_blur(images, sigma, truncate=3.0):
+    """Separable Gaussian blur (reflect padding) of b c h w images, its taps
+    out to `truncate` sigmas."""
+    radius = max(1, round(truncate * sigma))
     radius = min(radius, images.shape[-1] - 1, images.shape[-2] - 1)
     coords = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
     kernel = torch.exp(-coords ** 2 / (2 * sigma ** 2))
