@@ -54,10 +54,15 @@ def center_crop(images, fraction, top=None):
 
 def resize(images, scale):
     """Downscale by `scale`, then back to the original size."""
-    size = images.shape[-1]
-    small = F.interpolate(images, size=max(1, round(size * scale)), mode="bilinear", antialias=True,
+    return through_smaller(images, scale, lambda small: small)
+
+
+def through_smaller(images, scale, change):
+    """Downscaled by `scale` (antialiased), changed by `change` at that size,
+    and scaled back up to the original size."""
+    small = F.interpolate(images, size=max(1, round(images.shape[-1] * scale)), mode="bilinear", antialias=True,
                           align_corners=False)
-    return F.interpolate(small, size=images.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
+    return F.interpolate(change(small), size=images.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
 
 
 # Real-world chains: what a social-media upload does to an image.
@@ -72,11 +77,7 @@ def crop_then_jpeg(images, fraction):
 def resize_then_jpeg(images, scale):
     """Downscaled by `scale` and saved as JPEG 75 at that size; the detector
     scales it back up."""
-    size = images.shape[-1]
-    small = F.interpolate(images, size=max(1, round(size * scale)), mode="bilinear", antialias=True,
-                          align_corners=False).clamp(0, 1)
-    return F.interpolate(jpeg(small, CHAIN_JPEG_QUALITY), size=images.shape[-2:], mode="bilinear",
-                         align_corners=False).clamp(0, 1)
+    return through_smaller(images, scale, lambda small: jpeg(small.clamp(0, 1), CHAIN_JPEG_QUALITY))
 
 
 def rotation(images, degrees):
@@ -272,11 +273,8 @@ def chain(images, fraction, generator, jpeg_stand_in="approximation"):
     quality = round(setting("quality"))
     if torch.rand((), generator=generator) < 0.5:
         return jpeg_with_gradient(center_crop(images, setting("crop")), quality, jpeg_stand_in)
-    size = images.shape[-1]
-    small = F.interpolate(images, size=max(8, round(size * setting("downscale"))), mode="bilinear",
-                          antialias=True, align_corners=False).clamp(0, 1)
-    return F.interpolate(jpeg_with_gradient(small, quality, jpeg_stand_in), size=images.shape[-2:],
-                         mode="bilinear", align_corners=False).clamp(0, 1)
+    return through_smaller(images, setting("downscale"),
+                           lambda small: jpeg_with_gradient(small.clamp(0, 1), quality, jpeg_stand_in))
 
 
 def augment_slice(images, name, ramp, generator, options=AugmentOptions()):
