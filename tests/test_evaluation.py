@@ -216,7 +216,8 @@ def test_the_chain_slice_crops_or_downscales_then_saves_as_jpeg():
     strongest = {}
     for seed in range(8):  # each branch is drawn about half the time
         out = perturbations.chain(images, 1.0, torch.Generator().manual_seed(seed))
-        crop = perturbations.jpeg(perturbations.center_crop(images, perturbations.CHAIN_STRONGEST["crop"]), 50)
+        strongest_crop = perturbations.center_crop(images, perturbations.CHAIN_STRONGEST["crop"])
+        crop = perturbations.jpeg(strongest_crop, perturbations.CHAIN_STRONGEST["quality"])
         branch = "crop" if (out - crop).abs().max() < 1e-5 else "downscale"
         strongest[branch] = out
     assert set(strongest) == {"crop", "downscale"}
