@@ -127,9 +127,45 @@ def load_encoder(path, resolution):
     channels = state_dict["secret_dense.weight"].shape[0] // 256
     length = state_dict["secret_dense.weight"].shape[1]
     config = load_model_config(path)
-    encoder = StegaStampEncoder(resolution, channels, length,
-                                return_residual=config.encoder_output == "residual")
-    return _load_strict(encoder, state_dict, path), config
+    encoder = _load_strict(StegaStampEncoder(resolution, channels, length,
+                                             return_residual=config.encoder_output == "residual"), state_dict, path)
+    if not os.path.exists(config_path_for(path)):
+        check_reads_as_published(encoder, path)
+    return encoder, config
+
+
+# An encoder's output this far from its input is no fingerprinted image (ours and
+# the published code's embed at 28-38 dB; one read with the wrong config, ~11 dB).
+MIN_PROBE_PSNR = 20.0
+# How much closer the centred reading must come to call it the right one: the
+# shipped pairs gain 5.6-21 dB; a random network's two readings differ by < 0.1.
+CENTRED_GAIN_DB = 3.0
+
+
+def check_reads_as_published(encoder, path):
+    """A checkpoint with no `_config.json` is read as the published code's
+    (`ModelConfig()`). One of this project's train.py read that way changes
+    every image beyond recognition (its `fast` recipe centres the inputs):
+    refuse it, naming the missing file, where that reading comes much closer."""
+    published = probe_psnr(encoder, ModelConfig())
+    centred = probe_psnr(encoder, ModelConfig(centred_inputs=True)) if published < MIN_PROBE_PSNR else published
+    if centred >= published + CENTRED_GAIN_DB:
+        raise UserError(f"{path}: no {os.path.basename(config_path_for(path))} beside it; read as a published "
+                        f"checkpoint it makes {published:.0f} dB images: one of this train.py needs the "
+                        f"_config.json saved with it")
+
+
+def probe_psnr(encoder, config):
+    """PSNR (dB) of what `encoder`, read as `config` says, makes of a smooth
+    synthetic image (no data needed) with random bits."""
+    side = encoder.resolution
+    ramp = torch.linspace(0.2, 0.8, side)
+    image = torch.stack([ramp[None, :].expand(side, side), ramp[:, None].expand(side, side),
+                         0.5 + 0.2 * torch.sin(ramp[None, :] * 12) * torch.cos(ramp[:, None] * 9)])[None]
+    bits = torch.randint(0, 2, (1, encoder.fingerprint_size), generator=torch.Generator().manual_seed(0)).float()
+    with torch.inference_mode():
+        error = (encode(encoder, config, bits, image).clamp(0, 1) - image).pow(2).mean()
+    return (-10 * torch.log10(error.clamp_min(1e-10))).item()
 
 
 def decoder_resolution(path):

@@ -1,6 +1,7 @@
 """Bad invocations: one readable line, non-zero exit, never a traceback."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -26,6 +27,7 @@ def setup(tmp_path_factory, sample_folder):
     (folder / "garbage.pth").write_bytes(b"\x80\x04garbage")
     torch.save(StegaStampEncoder(32, 3, 8).state_dict(), folder / "r_encoder.pth")
     (folder / "r_config.json").write_text('{"resolution": 32, "fingerprint_length": 8}')
+    shutil.copy(os.path.join(ROOT, "saved_models", "cifar10_32_encoder.pth"), folder / "moved_encoder.pth")
     return folder, sample_folder
 
 
@@ -53,6 +55,10 @@ def cases(folder, samples):
                                                           str(folder / "r_encoder.pth"), "--data_dir", samples,
                                                           "--output_dir", str(folder / "o"), "--fingerprint_size",
                                                           "100"], "the model's fingerprints have 8 bits"),
+        "our encoder without its config": (["embed_fingerprints.py", "--encoder_path",
+                                            str(folder / "moved_encoder.pth"), "--data_dir", samples, "--output_dir",
+                                            str(folder / "o"), "--image_resolution", "32"],
+                                           "moved_config.json beside it"),
         "published encoder at a size no model has": (embed + ["--data_dir", samples, "--image_resolution", "48"],
                                                      "power of two"),
         "keep_size with a resolution": (detect + ["--data_dir", samples, "--keep_size", "--image_resolution", "64"],
