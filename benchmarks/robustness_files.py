@@ -62,6 +62,9 @@ def parse_args(argv=None):
                               help="detect_fingerprints.py --search_orientations: mirror images and quarter turns")
     orientations.add_argument("--search_mirror", action="store_true",
                               help="detect_fingerprints.py --search_mirror: as they are or mirrored, either as likely")
+    parser.add_argument("--identical_fingerprints", action="store_true",
+                        help="embed_fingerprints.py --identical_fingerprints: one fingerprint for the folder, as a "
+                             "published data set (pairs trained with --group_mean_out embed that way)")
     parser.add_argument("--seed", type=int, default=42, help="fingerprint seed (default 42)")
     parser.add_argument("--cuda", type=int, default=-1, help="CUDA device; -1 = CPU (default -1)")
     args = parser.parse_args(argv)

@@ -275,7 +275,7 @@ class Fingerprinter:
     @property
     def is_content_keyed(self):
         """Whether the residual is signed by each image's own field (the v2+ pairs'
-        `modulation`): only then may its mean over images be taken out."""
+        `modulation`): its mean over images may be taken out (`fit_residual_mean`)."""
         return self.config.modulation in modulation.BANDS
 
     def fit_residual_mean(self, view_batches, fingerprint):
@@ -284,11 +284,13 @@ class Fingerprinter:
         holds the fingerprint: the mean of many fingerprinted images minus the
         mean of clean ones (the averaging attack) then estimates nothing. A
         content-keyed pair's own signal is signed by each image's field and
-        averages out anyway (its bits read back as before); an additive pair's
-        *is* that mean, so it is refused. `view_batches`: model-size float
+        averages out anyway (its bits read back as before), and so does that of
+        a pair trained with its groups' means out (train.py --group_mean_out);
+        any other additive pair's *is* that mean, so it is refused. `view_batches`: model-size float
         images (b c r r), batch by batch. Returns the mean's RMS."""
-        if not self.is_content_keyed:
-            raise UserError("taking out the mean residual needs a content-keyed pair (a modulation in its config)")
+        if not (self.is_content_keyed or self.config.folder_mean_residual):
+            raise UserError("taking out the mean residual needs a content-keyed pair (a modulation in its config) "
+                            "or one trained with it out (train.py --group_mean_out)")
         self.residual_mean, total, count = None, 0, 0
         with torch.inference_mode():
             for views in view_batches:

@@ -211,21 +211,25 @@ SEARCHES = crop_search.Searches.flags()
 
 
 def settings_of(**values):
-    """`measure`'s settings from `values`, the searches as SEARCHES unless given."""
-    return argparse.Namespace(**{**SEARCHES, **values})
+    """`measure`'s settings from `values`, the searches as SEARCHES and fresh
+    bits per image unless given."""
+    return argparse.Namespace(**{**SEARCHES, "identical_fingerprints": False, **values})
 
 
 def measure(settings):
     """Embed, change the files, detect: a report dict. `settings`: model
     (or encoder_path/decoder_path), data_dir, output_dir, keep_size,
     strength, min_read_back, center_crop, recursive, fpr, seed, cuda,
-    and each of SEARCHES."""
+    each of SEARCHES, and optionally identical_fingerprints (one
+    fingerprint for the folder, as a published data set: a pair whose config
+    says folder_mean_residual then takes the folder's mean residual out)."""
     out = lambda *parts: os.path.join(settings.output_dir, *parts)  # noqa: E731
     input_flags = input_arguments(settings)
     embedded = embedding.embed_folder(embedding.parse_args([
         *encoder_arguments(settings), "--data_dir", settings.data_dir, "--output_dir", out("embedded"),
         "--cuda", str(settings.cuda), "--seed", str(settings.seed), "--strength", str(settings.strength),
-        "--min_read_back", str(settings.min_read_back), *input_flags]))
+        "--min_read_back", str(settings.min_read_back), *input_flags,
+        *(["--identical_fingerprints"] if settings.identical_fingerprints else [])]))
     record, saved = out("embedded", "embedded_fingerprints.txt"), out("embedded", "fingerprinted_images")
     ssim = None
     if settings.keep_size:

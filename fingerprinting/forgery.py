@@ -76,6 +76,12 @@ def grouped_bits(bits, groups):
     return torch.cat([part[:1].expand_as(part) for part in bits.tensor_split(groups)])
 
 
+def without_group_means(residuals, groups):
+    """Residuals (b c h w) less the mean of each of `groups` consecutive
+    slices (`grouped_bits`'s: the images that share a fingerprint)."""
+    return torch.cat([part - part.mean(0, keepdim=True) for part in residuals.tensor_split(groups)])
+
+
 def agreement(logits, bits):
     """Soft fraction of decoded bits that agree with `bits`, centred on 0:
     mean of tanh(logit / rms(logits)) * (+1 for a 1, -1 for a 0), per image.

@@ -179,6 +179,11 @@ def build_parser(description=None):
     add("--forgery_look_alikes", action="store_true",
         help="with --forgery_loss_weight: also forge each image with the residual of the batch's most "
              "look-alike image, as the copy attack from the nearest look-alike does (default off)")
+    add("--group_mean_out", action="store_true",
+        help="with --forgery_loss_weight: take each fingerprint group's mean residual out of its images, as "
+             "embedding a one-fingerprint folder then takes the folder's out (\"folder_mean_residual\" in the "
+             "_config.json): the bits must ride on what differs from image to image, which an average of "
+             "fingerprinted images does not hold (docs/security.md section 25; default off)")
     add("--fingerprint_groups", type=int, default=None,
         help="slices of each batch that share one fingerprint, as a dataset does (default 4 with "
              "--forgery_loss_weight, else 1 = fresh bits per image)")
@@ -222,6 +227,8 @@ def parse_args(argv=None, description=None):
         parser.error("--forgery_scheme_aware needs --forgery_loss_weight > 0 and a --modulation")
     if args.forgery_look_alikes and not args.forgery_loss_weight:
         parser.error("--forgery_look_alikes needs --forgery_loss_weight > 0")
+    if args.group_mean_out and not args.forgery_loss_weight:
+        parser.error("--group_mean_out needs --forgery_loss_weight > 0")
     if args.decoder_only and not args.init_from:
         parser.error("--decoder_only needs --init_from: the encoder it keeps")
     if args.augment_crops_shrunk_back and not args.augment:
@@ -229,15 +236,17 @@ def parse_args(argv=None, description=None):
     if args.augment_chains and not args.augment:
         parser.error("--augment_chains needs --augment")
     if args.decoder_only and (args.modulation != "none" or args.modulation_mean or args.luma_residual
-                              or args.chroma_loss_weight):
+                              or args.chroma_loss_weight or args.group_mean_out):
         parser.error("--decoder_only keeps the --init_from pair's encoding: leave out --modulation, "
-                     "--modulation_mean, --luma_residual and --chroma_loss_weight")
+                     "--modulation_mean, --luma_residual, --chroma_loss_weight and --group_mean_out")
     if args.chroma_loss_weight < 0:
         parser.error("--chroma_loss_weight must be >= 0")
     if args.fingerprint_groups is None:
         args.fingerprint_groups = FORGERY_GROUPS if args.forgery_loss_weight else 1
     if args.fingerprint_groups < 1:
         parser.error("--fingerprint_groups must be >= 1")
+    if args.group_mean_out and args.fingerprint_groups * 2 > args.batch_size:
+        parser.error("--group_mean_out needs groups of at least two images: --fingerprint_groups <= --batch_size / 2")
     if args.target_psnr is None:
         args.target_psnr = AUGMENT_TARGET_PSNR if args.augment else 0.0
     return args
@@ -359,7 +368,7 @@ def build_models(args):
     config = ModelConfig(encoder_output="image", centred_inputs=recipe["centred_inputs"],
                          resolution=args.image_resolution, fingerprint_length=args.fingerprint_length,
                          modulation=args.modulation, luma_residual=args.luma_residual,
-                         search_crops=args.augment_crops_shrunk_back)
+                         folder_mean_residual=args.group_mean_out, search_crops=args.augment_crops_shrunk_back)
     encoder = StegaStampEncoder(args.image_resolution, 3, args.fingerprint_length)
     decoder = StegaStampDecoder(args.image_resolution, 3, args.fingerprint_length)
     if recipe["he_init"]:
@@ -390,7 +399,7 @@ def load_initial_weights(pair, encoder, decoder, args):
     return ModelConfig(encoder_output="image", centred_inputs=config.centred_inputs,
                        resolution=args.image_resolution, fingerprint_length=args.fingerprint_length,
                        modulation=args.modulation, luma_residual=args.luma_residual,
-                       search_crops=args.augment_crops_shrunk_back)
+                       folder_mean_residual=args.group_mean_out, search_crops=args.augment_crops_shrunk_back)
 
 
 @torch.no_grad()
@@ -415,6 +424,8 @@ def training_step(models, optimizer, images, bits, weights, args, generator=None
     encoder, decoder, config = models
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=args.bf16):
         fingerprinted = encode(encoder, config, bits, images)
+        if args.group_mean_out:
+            fingerprinted = images + forgery.without_group_means(fingerprinted - images, args.fingerprint_groups)
         seen = fingerprinted
         if weights.get("augment"):
             options = perturbations.AugmentOptions(args.jpeg_gradient, args.augment_crop, args.augment_resample,
@@ -460,20 +471,31 @@ def defence_loss(decoder, config, images, fingerprinted, bits, args, generator=N
 
 
 @torch.no_grad()
-def evaluate(models, images, length, device, seed, batch_size=256):
-    """Bit accuracy after 8-bit quantisation, and PSNR, on held-out images."""
+def evaluate(models, images, length, device, seed, batch_size=256, mean_out_groups=0):
+    """Bit accuracy after 8-bit quantisation, and PSNR, on held-out images.
+    `mean_out_groups` (--group_mean_out): each batch in that many groups
+    sharing a fingerprint, each group's mean residual taken out, as the pair
+    embeds a one-fingerprint folder."""
     encoder, decoder, config = models
     encoder.eval(), decoder.eval()
     generator = torch.Generator().manual_seed(seed)
     accuracies, psnrs = [], []
     for start in range(0, len(images), batch_size):
         clean = data.to_float(images[start:start + batch_size]).to(device)
-        bits = random_bits(len(clean), length, generator, device)
-        saved = data.to_float(data.to_uint8(encode(encoder, config, bits, clean)))
+        bits = forgery.grouped_bits(random_bits(len(clean), length, generator, device), mean_out_groups)
+        fingerprinted = encode(encoder, config, bits, clean)
+        if mean_out_groups:
+            fingerprinted = clean + forgery.without_group_means(fingerprinted - clean, mean_out_groups)
+        saved = data.to_float(data.to_uint8(fingerprinted))
         accuracies.append(bit_accuracy(bits_from_logits(decode(decoder, config, saved)), bits))
         psnrs.append(psnr(saved, clean))
     encoder.train(), decoder.train()
     return dict(heldout_bit_acc=torch.cat(accuracies).mean().item(), heldout_psnr=torch.cat(psnrs).mean().item())
+
+
+def heldout_groups(args):
+    """Groups of the held-out evaluation's batches: --group_mean_out's, else none (fresh bits per image)."""
+    return args.fingerprint_groups if args.group_mean_out else 0
 
 
 # --- run folder -----------------------------------------------------------
@@ -617,7 +639,8 @@ def train(args):
     if context.is_main:
         save_run_state(session.prefix, session.models, session.optimizer, state, session.averaged)
         if len(heldout):
-            final.update(evaluate(session.saved_models, heldout, args.fingerprint_length, device, args.seed))
+            final.update(evaluate(session.saved_models, heldout, args.fingerprint_length, device, args.seed,
+                                  mean_out_groups=heldout_groups(args)))
         session.writer.close()
     close_distributed(context)
     return final, session.prefix
@@ -728,7 +751,7 @@ def write_outputs(session, state, metrics, images, fingerprinted):
     if step % args.log_interval == 0:
         if len(session.heldout):
             metrics.update(evaluate(session.saved_models, session.heldout, args.fingerprint_length, session.device,
-                                    args.seed))
+                                    args.seed, mean_out_groups=heldout_groups(args)))
         log_metrics(metrics, step, session.writer, os.path.join(args.output_dir, "metrics.jsonl"))
     if step % args.image_interval == 0:
         save_samples(os.path.join(args.output_dir, "saved_images", f"{step}.png"), images, fingerprinted)

@@ -255,3 +255,18 @@ def test_evaluate_at_native_size_reads_every_file_change(tmp_path):
     report = json.load(open(tmp_path / "out" / "report.json", encoding="utf-8"))
     accuracy = {row["change"]: row["bit_accuracy"] for row in report["rows"]}
     assert set(accuracy) >= set(file_changes.NATIVE_FILE_CHANGES) and accuracy["png (unchanged)"] >= 0.95
+
+
+def test_robustness_through_files_can_embed_one_fingerprint_for_the_folder(tmp_path):
+    """benchmarks/robustness_files.py --identical_fingerprints: one fingerprint
+    in every record line, as a published data set, read back from the files."""
+    from benchmarks import robustness_files
+
+    sample_images.write_sample_images(str(tmp_path / "photos"), count=6, size=64)
+    args = robustness_files.parse_args(["--model", "celeba_64_v6", "--data_dir", str(tmp_path / "photos"),
+                                        "--output_dir", str(tmp_path / "out"), "--identical_fingerprints"])
+    robustness_files.main(args)
+    record = (tmp_path / "out" / "embedded" / "embedded_fingerprints.txt").read_text().split()
+    assert len(set(record[1::2])) == 1 and len(record) == 12
+    report = json.load(open(tmp_path / "out" / "report.json", encoding="utf-8"))
+    assert {row["change"]: row["detected"] for row in report["rows"]}["png (unchanged)"] == 1.0
