@@ -59,8 +59,7 @@ class Victim:
     @property
     def field_mode(self):
         """The victim's sign field as its published config names it ("dog" for unmodulated pairs)."""
-        mode = self.fingerprinter.config.modulation
-        return mode if mode in modulation.BANDS else "dog"
+        return modulation.field_or_dog(self.fingerprinter.config.modulation)
 
     def logits(self, images):
         """Differentiable logits (b L), through the whole decoding (the white-box attacker's view)."""

@@ -72,6 +72,13 @@ def gaussian_blur(images, sigma, truncate=3.0):
     return F.conv2d(blurred, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
 
 
+def field_or_dog(mode):
+    """The field a pair's `modulation` names, or "dog" for a pair without one:
+    the field the scheme-aware attacker signs residuals by (a learned
+    dependence may follow it: docs/security.md section 25)."""
+    return mode if mode in BANDS else "dog"
+
+
 def sign_field(images, mean=None, mode="dog"):
     """The image's own sign field (b 1 h w, in (-1, 1)), from its luminance,
     minus `mean` (1 1 h w, the field's average over the training data) when

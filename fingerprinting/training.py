@@ -173,9 +173,9 @@ def build_parser(description=None):
              "or a group's mean residual must decode to chance, fingerprinted ones stripped of them must "
              "keep their bits (forgery.py; default 0 = off)")
     add("--forgery_scheme_aware", action="store_true",
-        help="with --forgery_loss_weight and --modulation: train against the attacker who has read "
-             "modulation.py too (a group's residual unsigned by its fields, re-signed by the target's; "
-             "default off)")
+        help="with --forgery_loss_weight: train against the attacker who has read modulation.py too (a "
+             "group's residual unsigned by its fields, re-signed by the target's; the pair's --modulation, or "
+             "'dog' without one, as attacks.py's; default off)")
     add("--forgery_look_alikes", action="store_true",
         help="with --forgery_loss_weight: also forge each image with the residual of the batch's most "
              "look-alike image, as the copy attack from the nearest look-alike does (default off)")
@@ -223,8 +223,8 @@ def parse_args(argv=None, description=None):
         parser.error("--jpeg_gradient kornia needs kornia: pip install kornia")
     if args.forgery_loss_weight < 0:
         parser.error("--forgery_loss_weight must be >= 0")
-    if args.forgery_scheme_aware and (not args.forgery_loss_weight or args.modulation == "none"):
-        parser.error("--forgery_scheme_aware needs --forgery_loss_weight > 0 and a --modulation")
+    if args.forgery_scheme_aware and not args.forgery_loss_weight:
+        parser.error("--forgery_scheme_aware needs --forgery_loss_weight > 0")
     if args.forgery_look_alikes and not args.forgery_loss_weight:
         parser.error("--forgery_look_alikes needs --forgery_loss_weight > 0")
     if args.group_mean_out and not args.forgery_loss_weight:
@@ -454,7 +454,7 @@ def training_step(models, optimizer, images, bits, weights, args, generator=None
 def defence_loss(decoder, config, images, fingerprinted, bits, args, generator=None):
     """--forgery_loss_weight: forged images (another image's or group's
     residual pasted on) decode to chance; stripped ones keep their bits."""
-    fields = (modulation.sign_field(images, field_mean(config, images), config.modulation)
+    fields = (modulation.sign_field(images, field_mean(config, images), modulation.field_or_dog(config.modulation))
               if args.forgery_scheme_aware else None)
     forged, pasted_bits, stripped, kept_bits = forgery.attack_batch(
         images, fingerprinted.float(), bits, args.fingerprint_groups, FORGERY_PSNR_RANGE, generator, fields,
