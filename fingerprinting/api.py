@@ -286,8 +286,9 @@ class Fingerprinter:
         content-keyed pair's own signal is signed by each image's field and
         averages out anyway (its bits read back as before), and so does that of
         a pair trained with its groups' means out (train.py --group_mean_out);
-        any other additive pair's *is* that mean, so it is refused. `view_batches`: model-size float
-        images (b c r r), batch by batch. Returns the mean's RMS."""
+        any other additive pair's *is* that mean, so it is refused.
+        `view_batches`: model-size float images (b c r r), batch by batch.
+        Returns the mean's RMS."""
         if not (self.is_content_keyed or self.config.folder_mean_residual):
             raise UserError("taking out the mean residual needs a content-keyed pair (a modulation in its config) "
                             "or one trained with it out (train.py --group_mean_out)")

@@ -76,10 +76,12 @@ def grouped_bits(bits, groups):
     return torch.cat([part[:1].expand_as(part) for part in bits.tensor_split(groups)])
 
 
-def without_group_means(residuals, groups):
-    """Residuals (b c h w) less the mean of each of `groups` consecutive
-    slices (`grouped_bits`'s: the images that share a fingerprint)."""
-    return torch.cat([part - part.mean(0, keepdim=True) for part in residuals.tensor_split(groups)])
+def without_group_mean_residuals(images, fingerprinted, groups):
+    """Fingerprinted images (b c h w) less the mean residual of each of
+    `groups` consecutive slices (`grouped_bits`'s: the images that share a
+    fingerprint), so that no average over a group holds the fingerprint."""
+    residuals = (fingerprinted - images).tensor_split(groups)
+    return images + torch.cat([part - part.mean(0, keepdim=True) for part in residuals])
 
 
 def agreement(logits, bits):

@@ -425,7 +425,7 @@ def training_step(models, optimizer, images, bits, weights, args, generator=None
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=args.bf16):
         fingerprinted = encode(encoder, config, bits, images)
         if args.group_mean_out:
-            fingerprinted = images + forgery.without_group_means(fingerprinted - images, args.fingerprint_groups)
+            fingerprinted = forgery.without_group_mean_residuals(images, fingerprinted, args.fingerprint_groups)
         seen = fingerprinted
         if weights.get("augment"):
             options = perturbations.AugmentOptions(args.jpeg_gradient, args.augment_crop, args.augment_resample,
@@ -485,7 +485,7 @@ def evaluate(models, images, length, device, seed, batch_size=256, mean_out_grou
         bits = forgery.grouped_bits(random_bits(len(clean), length, generator, device), mean_out_groups)
         fingerprinted = encode(encoder, config, bits, clean)
         if mean_out_groups:
-            fingerprinted = clean + forgery.without_group_means(fingerprinted - clean, mean_out_groups)
+            fingerprinted = forgery.without_group_mean_residuals(clean, fingerprinted, mean_out_groups)
         saved = data.to_float(data.to_uint8(fingerprinted))
         accuracies.append(bit_accuracy(bits_from_logits(decode(decoder, config, saved)), bits))
         psnrs.append(psnr(saved, clean))

@@ -83,9 +83,10 @@ def test_agreement_ignores_the_scale_of_the_logits():
     assert forgery.agreement(-logits, bits).max() < -0.7
 
 
-def test_without_group_means_leaves_each_group_nothing_to_average():
+def test_without_group_mean_residuals_leaves_each_group_nothing_to_average():
+    images = torch.rand(12, 3, 8, 8)
     residuals = torch.randn(12, 3, 8, 8) + torch.randn(1, 3, 8, 8)  # a shared pattern plus each image's own
-    out = forgery.without_group_means(residuals, 3)
+    out = forgery.without_group_mean_residuals(images, images + residuals, 3) - images
     for part, original in zip(out.split(4), residuals.split(4)):
         assert part.mean(0).abs().max() < 1e-6
         assert torch.allclose(part[1:] - part[:1], original[1:] - original[:1], atol=1e-6)
