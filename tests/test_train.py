@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import evaluate
-from fingerprinting import detection, embedding, perturbations, training
+from fingerprinting import detection, embedding, forgery, perturbations, training
 from fingerprinting.api import Fingerprinter
 from fingerprinting.checkpoints import SAVED_MODELS, load_checkpoint, load_model_config
 from fingerprinting.errors import UserError
@@ -121,6 +121,19 @@ def test_a_run_with_its_groups_means_out_says_so_and_embeds_its_folder_less_the_
     assert pair.config.folder_mean_residual and pair.fit_residual_mean(images, torch.ones(8)) > 0
     with pytest.raises(UserError, match="--group_mean_out"):
         Fingerprinter.load(additive + "_encoder.pth").fit_residual_mean(images, torch.ones(8))
+
+
+def test_a_step_with_its_groups_means_out_trains_on_images_no_group_average_holds(tmp_path):
+    args = train_args(tmp_path, tmp_path, "--image_resolution", "16", "--fingerprint_length", "8", "--batch_size",
+                      "8", "--forgery_loss_weight", "1", "--group_mean_out")
+    encoder, decoder, config = training.build_models(args)
+    optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()])
+    images = torch.rand(8, 3, 16, 16)
+    bits = forgery.grouped_bits(torch.randint(0, 2, (8, 8)).float(), args.fingerprint_groups)
+    _, fingerprinted = training.training_step((encoder, decoder, config), optimizer, images, bits, dict(l2=1.0),
+                                              args)
+    residuals = (fingerprinted - images).tensor_split(args.fingerprint_groups)
+    assert all(part.abs().max() > 1e-3 and part.mean(0).abs().max() < 1e-5 for part in residuals)
 
 
 def test_the_defence_options_need_the_defence(tmp_path, capsys):
