@@ -394,6 +394,9 @@ def load_initial_weights(pair, encoder, decoder, args):
     encoder.load_state_dict(loaded_encoder.state_dict())
     decoder.load_state_dict(loaded_decoder.state_dict())
     if args.decoder_only:
+        if config.folder_mean_residual and config.modulation not in modulation.BANDS:
+            raise UserError(f"--decoder_only --init_from {pair}: a pair trained with --group_mean_out; its new "
+                            f"decoder would train on images that still hold the groups' mean (not supported yet)")
         return dataclasses.replace(config, resolution=args.image_resolution,
                                    search_crops=args.augment_crops_shrunk_back)
     return ModelConfig(encoder_output="image", centred_inputs=config.centred_inputs,

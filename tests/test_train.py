@@ -121,6 +121,9 @@ def test_a_run_with_its_groups_means_out_says_so_and_embeds_its_folder_less_the_
     assert pair.config.folder_mean_residual and pair.fit_residual_mean(images, torch.ones(8)) > 0
     with pytest.raises(UserError, match="--group_mean_out"):
         Fingerprinter.load(additive + "_encoder.pth").fit_residual_mean(images, torch.ones(8))
+    with pytest.raises(UserError, match="trained with --group_mean_out"):
+        training.train(train_args(sample_folder, tmp_path / "decoder", *common[:-2], "--decoder_only",
+                                  "--init_from", with_mean_out + "_encoder.pth"))
 
 
 def test_a_step_with_its_groups_means_out_trains_on_images_no_group_average_holds(tmp_path):
