@@ -362,9 +362,10 @@ class Fingerprinter:
         return logits
 
     def check_can_search_crops(self):
-        if not self.is_content_keyed:
-            raise UserError("search_crops: for content-keyed pairs (v2 and later) only; an additive pair "
-                            "reads a zoomed crop better as it is (docs/security.md section 19)")
+        if not (self.is_content_keyed or self.config.search_crops):
+            raise UserError("search_crops: for content-keyed pairs (v2 and later) and decoders trained for it "
+                            "(train.py --augment_crops_shrunk_back) only; another additive pair reads a zoomed "
+                            "crop better as it is (docs/security.md section 19)")
 
     def view_for_detection(self, image, center_crop=False):
         """One image (c h w) as the decoder reads it: `resizing.model_view`, or

@@ -183,7 +183,8 @@ def build_parser(description=None):
         help="with --forgery_loss_weight: take each fingerprint group's mean residual out of its images, as "
              "embedding a one-fingerprint folder then takes the folder's out (\"folder_mean_residual\" in the "
              "_config.json): the bits must ride on what differs from image to image, which an average of "
-             "fingerprinted images does not hold (docs/security.md section 25; default off)")
+             "fingerprinted images does not hold; --decoder_only from such a pair needs it too "
+             "(docs/security.md section 25; default off)")
     add("--fingerprint_groups", type=int, default=None,
         help="slices of each batch that share one fingerprint, as a dataset does (default 4 with "
              "--forgery_loss_weight, else 1 = fresh bits per image)")
@@ -236,9 +237,9 @@ def parse_args(argv=None, description=None):
     if args.augment_chains and not args.augment:
         parser.error("--augment_chains needs --augment")
     if args.decoder_only and (args.modulation != "none" or args.modulation_mean or args.luma_residual
-                              or args.chroma_loss_weight or args.group_mean_out):
+                              or args.chroma_loss_weight):
         parser.error("--decoder_only keeps the --init_from pair's encoding: leave out --modulation, "
-                     "--modulation_mean, --luma_residual, --chroma_loss_weight and --group_mean_out")
+                     "--modulation_mean, --luma_residual and --chroma_loss_weight")
     if args.chroma_loss_weight < 0:
         parser.error("--chroma_loss_weight must be >= 0")
     if args.fingerprint_groups is None:
@@ -394,15 +395,27 @@ def load_initial_weights(pair, encoder, decoder, args):
     encoder.load_state_dict(loaded_encoder.state_dict())
     decoder.load_state_dict(loaded_decoder.state_dict())
     if args.decoder_only:
-        if config.folder_mean_residual and config.modulation not in modulation.BANDS:
-            raise UserError(f"--decoder_only --init_from {pair}: a pair trained with --group_mean_out; its new "
-                            f"decoder would train on images that still hold the groups' mean (not supported yet)")
+        check_same_group_mean_out(pair, config, args)
         return dataclasses.replace(config, resolution=args.image_resolution,
                                    search_crops=args.augment_crops_shrunk_back)
     return ModelConfig(encoder_output="image", centred_inputs=config.centred_inputs,
                        resolution=args.image_resolution, fingerprint_length=args.fingerprint_length,
                        modulation=args.modulation, luma_residual=args.luma_residual,
                        folder_mean_residual=args.group_mean_out, search_crops=args.augment_crops_shrunk_back)
+
+
+def check_same_group_mean_out(pair, config, args):
+    """--decoder_only: the new decoder must see what the pair embeds, so
+    --group_mean_out exactly when the pair was trained with it (an additive
+    pair whose config says folder_mean_residual; the keyed pairs' flag was
+    set after training)."""
+    trained_with_it = config.folder_mean_residual and config.modulation not in modulation.BANDS
+    if trained_with_it and not args.group_mean_out:
+        raise UserError(f"--decoder_only --init_from {pair}: a pair trained with --group_mean_out; add "
+                        f"--group_mean_out, so that its new decoder trains on images without their groups' mean")
+    if args.group_mean_out and not trained_with_it:
+        raise UserError(f"--decoder_only --init_from {pair} --group_mean_out: the pair was not trained with "
+                        f"--group_mean_out; leave it out")
 
 
 @torch.no_grad()

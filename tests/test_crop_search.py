@@ -83,7 +83,8 @@ def test_detect_fingerprints_searches_crops_of_files(sample_folder, tmp_path):
 
 
 def test_an_additive_pair_refuses_to_search_crops(sample_folder, tmp_path):
-    """An additive pair's decoder reads crops better as they are (docs/security.md §19)."""
+    """An additive pair's decoder reads crops better as they are (docs/security.md §19),
+    unless it was trained for the search (test_train's group mean-out test)."""
     with pytest.raises(UserError, match="content-keyed"):
         Fingerprinter.load("cifar10_32_robust").detect(torch.rand(1, 3, 32, 32), search_crops=True)
     with pytest.raises(UserError, match="content-keyed"):

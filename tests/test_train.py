@@ -121,9 +121,19 @@ def test_a_run_with_its_groups_means_out_says_so_and_embeds_its_folder_less_the_
     assert pair.config.folder_mean_residual and pair.fit_residual_mean(images, torch.ones(8)) > 0
     with pytest.raises(UserError, match="--group_mean_out"):
         Fingerprinter.load(additive + "_encoder.pth").fit_residual_mean(images, torch.ones(8))
-    with pytest.raises(UserError, match="trained with --group_mean_out"):
-        training.train(train_args(sample_folder, tmp_path / "decoder", *common[:-2], "--decoder_only",
-                                  "--init_from", with_mean_out + "_encoder.pth"))
+    decoder_only = [*common, "--decoder_only", "--augment", "--augment_ramp", "1", "--augment_crops_shrunk_back"]
+    with pytest.raises(UserError, match="trained with --group_mean_out; add --group_mean_out"):
+        training.train(train_args(sample_folder, tmp_path / "decoder", *decoder_only, "--init_from",
+                                  with_mean_out + "_encoder.pth"))
+    with pytest.raises(UserError, match="not trained with --group_mean_out"):
+        training.train(train_args(sample_folder, tmp_path / "decoder", *decoder_only, "--group_mean_out",
+                                  "--init_from", additive + "_encoder.pth"))
+    # Its decoder retrained on shrunk-back crops, the groups' means kept out: searched by default.
+    _, decoder = training.train(train_args(sample_folder, tmp_path / "decoder", *decoder_only, "--group_mean_out",
+                                           "--init_from", with_mean_out + "_encoder.pth"))
+    searching = Fingerprinter.load(decoder + "_encoder.pth")
+    assert searching.config.folder_mean_residual and searching.config.search_crops
+    assert searching.detect(torch.rand(2, 3, 16, 16)).bits.shape == (2, 8)
 
 
 def test_a_step_with_its_groups_means_out_trains_on_images_no_group_average_holds(tmp_path):
