@@ -76,12 +76,18 @@ def grouped_bits(bits, groups):
     return torch.cat([part[:1].expand_as(part) for part in bits.tensor_split(groups)])
 
 
+def group_mean_residuals(images, fingerprinted, groups):
+    """Each image's group mean residual (b c h w): the mean of fingerprinted
+    minus clean over its slice of `groups` consecutive slices
+    (`grouped_bits`'s: the images that share a fingerprint)."""
+    return torch.cat([part.mean(0, keepdim=True).expand_as(part)
+                      for part in (fingerprinted - images).tensor_split(groups)])
+
+
 def without_group_mean_residuals(images, fingerprinted, groups):
-    """Fingerprinted images (b c h w) less the mean residual of each of
-    `groups` consecutive slices (`grouped_bits`'s: the images that share a
-    fingerprint), so that no average over a group holds the fingerprint."""
-    residuals = (fingerprinted - images).tensor_split(groups)
-    return images + torch.cat([part - part.mean(0, keepdim=True) for part in residuals])
+    """Fingerprinted images (b c h w) less their group's mean residual, so
+    that no average over a group holds the fingerprint."""
+    return fingerprinted - group_mean_residuals(images, fingerprinted, groups)
 
 
 def agreement(logits, bits):

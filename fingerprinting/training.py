@@ -185,6 +185,10 @@ def build_parser(description=None):
              "_config.json): the bits must ride on what differs from image to image, which an average of "
              "fingerprinted images does not hold; --decoder_only from such a pair needs it too "
              "(docs/security.md section 25; default off)")
+    add("--group_mean_loss_weight", type=float, default=0.0,
+        help="with --group_mean_out: also penalise that group mean (times the L2 weight), so that the encoder "
+             "learns to leave it out itself and images embedded one fingerprint each need no folder mean "
+             "taken out (docs/security.md section 26; default 0 = off)")
     add("--fingerprint_groups", type=int, default=None,
         help="slices of each batch that share one fingerprint, as a dataset does (default 4 with "
              "--forgery_loss_weight, else 1 = fresh bits per image)")
@@ -230,6 +234,10 @@ def parse_args(argv=None, description=None):
         parser.error("--forgery_look_alikes needs --forgery_loss_weight > 0")
     if args.group_mean_out and not args.forgery_loss_weight:
         parser.error("--group_mean_out needs --forgery_loss_weight > 0")
+    if args.group_mean_loss_weight and not args.group_mean_out:
+        parser.error("--group_mean_loss_weight needs --group_mean_out")
+    if args.group_mean_loss_weight < 0 or (args.group_mean_loss_weight and args.decoder_only):
+        parser.error("--group_mean_loss_weight must be >= 0, and trains the encoder: not with --decoder_only")
     if args.decoder_only and not args.init_from:
         parser.error("--decoder_only needs --init_from: the encoder it keeps")
     if args.augment_crops_shrunk_back and not args.augment:
@@ -440,8 +448,10 @@ def training_step(models, optimizer, images, bits, weights, args, generator=None
     encoder, decoder, config = models
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=args.bf16):
         fingerprinted = encode(encoder, config, bits, images)
+        group_means = torch.zeros_like(images)
         if args.group_mean_out:
-            fingerprinted = forgery.without_group_mean_residuals(images, fingerprinted, args.fingerprint_groups)
+            group_means = forgery.group_mean_residuals(images, fingerprinted, args.fingerprint_groups)
+            fingerprinted = fingerprinted - group_means
         seen = fingerprinted
         if weights.get("augment"):
             options = perturbations.AugmentOptions(args.jpeg_gradient, args.augment_crop, args.augment_resample,
@@ -451,8 +461,10 @@ def training_step(models, optimizer, images, bits, weights, args, generator=None
     fingerprinted, logits = fingerprinted.float(), logits.float()
     l2_loss = F.mse_loss(fingerprinted, images)
     chroma_loss = perturbations.chroma(fingerprinted - images).pow(2).mean()
+    group_mean_loss = group_means.float().pow(2).mean()
     bce_loss = F.binary_cross_entropy_with_logits(logits.view(-1), bits.view(-1))
-    loss = weights["l2"] * (l2_loss + args.chroma_loss_weight * chroma_loss) + args.BCE_loss_weight * bce_loss
+    loss = (weights["l2"] * (l2_loss + args.chroma_loss_weight * chroma_loss
+                             + args.group_mean_loss_weight * group_mean_loss) + args.BCE_loss_weight * bce_loss)
     defence = {}
     if weights.get("forgery"):
         forgery_loss, defence = defence_loss(decoder, config, images, fingerprinted, bits, args, generator)
@@ -464,6 +476,7 @@ def training_step(models, optimizer, images, bits, weights, args, generator=None
         accuracy = bit_accuracy(bits_from_logits(logits), bits).mean().item()
         return dict(bit_acc=accuracy, bce=bce_loss.item(), l2=l2_loss.item(), chroma_l2=chroma_loss.item(),
                     psnr=psnr(fingerprinted.detach(), images).mean().item(), l2_weight=weights["l2"],
+                    group_mean_rms=group_mean_loss.sqrt().item(),
                     **defence), fingerprinted
 
 
