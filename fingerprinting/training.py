@@ -187,8 +187,8 @@ def build_parser(description=None):
              "(docs/security.md section 25; default off)")
     add("--group_mean_loss_weight", type=float, default=0.0,
         help="with --group_mean_out: also penalise that group mean (times the L2 weight), so that the encoder "
-             "learns to leave it out itself and images embedded one fingerprint each need no folder mean "
-             "taken out (docs/security.md section 26; default 0 = off)")
+             "learns to leave most of it out itself, on images like its training data, and images embedded "
+             "one fingerprint each carry less of it (docs/security.md section 26; default 0 = off)")
     add("--fingerprint_groups", type=int, default=None,
         help="slices of each batch that share one fingerprint, as a dataset does (default 4 with "
              "--forgery_loss_weight, else 1 = fresh bits per image)")
@@ -236,8 +236,10 @@ def parse_args(argv=None, description=None):
         parser.error("--group_mean_out needs --forgery_loss_weight > 0")
     if args.group_mean_loss_weight and not args.group_mean_out:
         parser.error("--group_mean_loss_weight needs --group_mean_out")
-    if args.group_mean_loss_weight < 0 or (args.group_mean_loss_weight and args.decoder_only):
-        parser.error("--group_mean_loss_weight must be >= 0, and trains the encoder: not with --decoder_only")
+    if args.group_mean_loss_weight < 0:
+        parser.error("--group_mean_loss_weight must be >= 0")
+    if args.group_mean_loss_weight and args.decoder_only:
+        parser.error("--group_mean_loss_weight trains the encoder: leave it out with --decoder_only")
     if args.decoder_only and not args.init_from:
         parser.error("--decoder_only needs --init_from: the encoder it keeps")
     if args.augment_crops_shrunk_back and not args.augment:

@@ -186,6 +186,10 @@ def test_the_defence_options_need_the_defence(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_args(tmp_path, tmp_path, "--forgery_loss_weight", "1", "--group_mean_loss_weight", "1")
     assert "--group_mean_loss_weight needs --group_mean_out" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_args(tmp_path, tmp_path, "--init_from", "cifar10_32_v6", "--decoder_only", "--forgery_loss_weight", "1",
+                   "--group_mean_out", "--group_mean_loss_weight", "1")
+    assert "trains the encoder" in capsys.readouterr().err
 
 
 def final_weights(prefix):
