@@ -116,6 +116,13 @@ def tv_denoise(images, weight=0.1):
     return per_image(lambda image: denoise_tv_chambolle(image, weight=weight, channel_axis=-1), images)
 
 
+def dct_denoise(images, sigma):
+    """BM3D's thresholding without its block matching (forgery.dct_denoise,
+    every window): fast enough for every image (docs/security.md §27). A few
+    images at a time, for its windows' memory."""
+    return in_chunks(lambda chunk: forgery.dct_denoise(chunk, sigma, step=1), images, 16)
+
+
 def per_image(denoise, images):
     """A NumPy denoiser of one h w c float64 image, applied to each float image of n c h w."""
     out = [denoise(image.permute(1, 2, 0).numpy().astype(np.float64)) for image in images]
@@ -127,6 +134,8 @@ DENOISERS = {
     "gaussian sigma 1": forgery.gaussian_denoise,
     "tv 0.1": tv_denoise,
     "bm3d sigma 0.02": bm3d_denoise,
+    "dct sigma 0.02": lambda images: dct_denoise(images, 0.02),
+    "dct sigma 0.04": lambda images: dct_denoise(images, 0.04),
 }
 
 
@@ -226,7 +235,7 @@ def copy_attacks(victim, pool, clean_targets, marked_targets, denoisers, bm3d_im
 NEAREST_POOL = 1000  # fingerprinted images the nearest-image copy attack chooses among
 
 
-NEAREST_DENOISERS = ("median 3x3", "gaussian sigma 1", "tv 0.1")  # BM3D over 1,000 images is too slow
+NEAREST_DENOISERS = ("median 3x3", "gaussian sigma 1", "tv 0.1", "dct sigma 0.04")  # BM3D over 1,000 is too slow
 
 
 def nearest_copy_attacks(victim, pool, clean_targets, marked_targets, denoisers=NEAREST_DENOISERS):

@@ -35,6 +35,48 @@ def gaussian_denoise(images, sigma=1.0):
     return modulation.gaussian_blur(images, sigma, truncate=2.0)
 
 
+# BM3D's opponent colour transform (rows: the mean, red - blue, red + blue - 2 green).
+OPPONENT = torch.tensor([[1 / 3, 1 / 3, 1 / 3], [1 / 2, 0.0, -1 / 2], [1 / 4, -1 / 2, 1 / 4]])
+
+
+DCT_SIGMAS = (0.01, 0.05)  # the range of noise std the training's dct_denoise copies assume
+
+
+def dct_basis(size):
+    """The orthonormal DCT-II matrix (size x size): basis @ x is x's DCT."""
+    k = torch.arange(size, dtype=torch.float32)
+    basis = torch.cos(torch.pi * (2 * k[None] + 1) * k[:, None] / (2 * size)) * (2 / size) ** 0.5
+    basis[0] /= 2 ** 0.5
+    return basis
+
+
+def dct_denoise(images, sigma=0.02, block=8, threshold=2.7, step=2):
+    """A fast stand-in for BM3D's first stage, without its block matching:
+    in BM3D's opponent colours, every block x block window's 2-D DCT is
+    hard-thresholded at `threshold` x the noise's std there (`sigma` in RGB),
+    and the estimates of each pixel by the windows (every `step` pixels) are
+    averaged. Its copy estimate
+    is close to BM3D's (cosine 0.9 on cifar10_32_v6, docs/security.md §27)
+    in a hundredth of the time, so training can forge with it."""
+    opponent = OPPONENT.to(images)
+    channels = torch.einsum("oc,bchw->bohw", opponent, images)
+    b, c, h, w = channels.shape
+    pad = block - 1
+    windows = F.pad(channels, (pad, pad, pad, pad), mode="reflect").unfold(2, block, step).unfold(3, block, step)
+    padded = (windows.shape[2] - 1) * step + block, (windows.shape[3] - 1) * step + block
+    basis = dct_basis(block).to(images)
+    basis = torch.kron(basis, basis)  # the 2-D DCT of a flattened window
+    coefficients = windows.reshape(b, c, -1, block * block) @ basis.T  # b c windows block²
+    kept = coefficients.abs() > threshold * sigma * opponent.norm(dim=1).reshape(1, c, 1, 1)
+    kept[..., 0] = True
+    estimates = (coefficients * kept) @ basis
+    columns = estimates.reshape(b * c, -1, block * block).transpose(1, 2)
+    summed = F.fold(columns, padded, block, stride=step)
+    counts = F.fold(torch.ones_like(columns[:1]), padded, block, stride=step)
+    denoised = (summed / counts)[..., pad:pad + h, pad:pad + w].reshape(b, c, h, w)
+    return torch.einsum("co,bohw->bchw", torch.linalg.inv(opponent), denoised).clamp(0, 1)
+
+
 def structure(images, sigma=3.0):
     """What an attacker compares to find a look-alike: the luminance minus its
     blur (a generic high-pass, not the victim's field), unit norm, n x hw."""
@@ -101,7 +143,8 @@ def agreement(logits, bits):
     return (torch.tanh(logits / scale) * (2 * bits - 1)).mean(1)
 
 
-def attack_batch(images, fingerprinted, bits, groups, psnr_range, generator=None, fields=None, look_alikes=False):
+def attack_batch(images, fingerprinted, bits, groups, psnr_range, generator=None, fields=None, look_alikes=False,
+                 dct_copies=False):
     """Forged and stripped images for the defence's loss, from one training
     batch whose `groups` slices each share a fingerprint (`grouped_bits`).
 
@@ -125,6 +168,9 @@ def attack_batch(images, fingerprinted, bits, groups, psnr_range, generator=None
     `look_alikes`: also forge each image with the exact residual of the
     batch's image whose structure looks most like it (attack_suite's copy
     from the nearest look-alike, whose field agrees most).
+
+    `dct_copies`: also forge with another image minus its `dct_denoise`d copy
+    (noise std drawn from DCT_SIGMAS), a stand-in for the BM3D copy attack.
     """
     b, device = len(images), images.device
     # Groups of at least two, or a group-mate would be the image itself.
@@ -152,6 +198,10 @@ def attack_batch(images, fingerprinted, bits, groups, psnr_range, generator=None
         nearest = look_alike_in_batch(images)
         forgeries.append(residuals[nearest])
         pasted_from.append(bits[nearest])
+    if dct_copies:
+        sigma = uniform(DCT_SIGMAS, 1, generator).item()
+        forgeries.append((fingerprinted - dct_denoise(fingerprinted.detach(), sigma))[stranger])
+        pasted_from.append(bits[stranger])
 
     rows = torch.arange(b, device=device)
     kind = torch.randint(0, len(forgeries), (b,), generator=generator).to(device)
