@@ -55,9 +55,9 @@ def dct_denoise(images, sigma=0.02, block=8, threshold=2.7, step=2):
     in BM3D's opponent colours, every block x block window's 2-D DCT is
     hard-thresholded at `threshold` x the noise's std there (`sigma` in RGB),
     and the estimates of each pixel by the windows (every `step` pixels) are
-    averaged. Its copy estimate
-    is close to BM3D's (cosine 0.9 on cifar10_32_v6, docs/security.md §27)
-    in a hundredth of the time, so training can forge with it."""
+    averaged. Its copy estimate is close to BM3D's (cosine 0.9 on
+    cifar10_32_v6, docs/security.md §27) in under a hundredth of the time,
+    so training can forge with it."""
     opponent = OPPONENT.to(images)
     channels = torch.einsum("oc,bchw->bohw", opponent, images)
     b, c, h, w = channels.shape

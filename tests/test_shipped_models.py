@@ -140,6 +140,16 @@ def test_the_averaging_attack_forges_a_robust_model_and_not_its_content_keyed_su
     assert content_keyed["forge"] <= 0.05 and content_keyed["remove"] >= 0.9
 
 
+def cifar10_images(count, tmp_path):
+    """The last `count` CIFAR-10 training images of ../shared/data, as float images (skips without them)."""
+    archive_name, _ = CIFAR10
+    archive = os.path.join(SHARED_DATA, archive_name)
+    if not os.path.exists(archive):
+        pytest.skip(f"needs ../shared/data/{archive_name} (present in CI, not in a fresh clone)")
+    folder = extract_some(archive, count, tmp_path / "images")
+    return data.to_float(data.load_all(str(folder), sorted(os.listdir(folder)), 32))
+
+
 def test_a_learned_content_dependence_leaves_less_common_pattern_on_its_training_data(tmp_path):
     """cifar10_32_v6 has no field: it learned what its residual follows, and
     to leave most of each fingerprint's mean residual out by itself, on the
@@ -148,12 +158,7 @@ def test_a_learned_content_dependence_leaves_less_common_pattern_on_its_training
     cifar10_32_robust's (measured 0.0087 against 0.026; on the mixed
     held-out set 0.0027, on sample photos 0.014: a folder's mean is taken
     out instead, as embed_fingerprints.py --identical_fingerprints does)."""
-    archive_name, _ = CIFAR10
-    archive = os.path.join(SHARED_DATA, archive_name)
-    if not os.path.exists(archive):
-        pytest.skip(f"needs ../shared/data/{archive_name} (present in CI, not in a fresh clone)")
-    folder = extract_some(archive, 400, tmp_path / "images")
-    images = data.to_float(data.load_all(str(folder), sorted(os.listdir(folder)), 32))
+    images = cifar10_images(400, tmp_path)
     fingerprint = "01" * 50
 
     def mean_residual_and_detection(model):
@@ -174,12 +179,7 @@ def test_training_against_stronger_copies_moves_less_of_one_image_onto_another(t
     less often (one fingerprint per image, as embedded by default; measured
     on these 400 CIFAR-10 images 0.0175 against v6's 0.1175, and with
     another draw of fingerprints 0.035 against 0.110)."""
-    archive_name, _ = CIFAR10
-    archive = os.path.join(SHARED_DATA, archive_name)
-    if not os.path.exists(archive):
-        pytest.skip(f"needs ../shared/data/{archive_name} (present in CI, not in a fresh clone)")
-    folder = extract_some(archive, 400, tmp_path / "images")
-    images = data.to_float(data.load_all(str(folder), sorted(os.listdir(folder)), 32))
+    images = cifar10_images(400, tmp_path)
     bits = torch.randint(0, 2, (len(images), 100), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
 
     def moved_residual_forgery(model):
