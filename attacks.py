@@ -14,8 +14,9 @@ some of those images and some clean ones. The families (--attacks):
   code) estimates the residual before its sign field and signs it with each
   target's own field;
 - copy: one fingerprinted image minus its denoised copy (median, Gaussian,
-  total variation or BM3D), pasted onto a clean image or subtracted from another one; and
-  from the nearest look-alike among 1,000 fingerprinted images (median, Gaussian, total variation);
+  total variation, BM3D, or BM3D's DCT thresholding without its block matching),
+  pasted onto a clean image or subtracted from another one; and from the nearest
+  look-alike among 1,000 fingerprinted images (median, Gaussian, total variation, DCT);
 - signal: median filters 3/5/7, BM3D at several noise levels, JPEG 50 then BM3D;
 - regeneration: compression autoencoders (three bottlenecks) and a one-step
   denoiser (purification at several noise levels), trained here on the
