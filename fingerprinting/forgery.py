@@ -144,7 +144,7 @@ def agreement(logits, bits):
 
 
 def attack_batch(images, fingerprinted, bits, groups, psnr_range, generator=None, fields=None, look_alikes=False,
-                 dct_copies=False):
+                 dct_copies=False, look_alike_dct=False):
     """Forged and stripped images for the defence's loss, from one training
     batch whose `groups` slices each share a fingerprint (`grouped_bits`).
 
@@ -171,6 +171,10 @@ def attack_batch(images, fingerprinted, bits, groups, psnr_range, generator=None
 
     `dct_copies`: also forge with another image minus its `dct_denoise`d copy
     (noise std drawn from DCT_SIGMAS), a stand-in for the BM3D copy attack.
+
+    `look_alike_dct`: also forge each image with its look-alike (as
+    `look_alikes` picks it) minus the look-alike's `dct_denoise`d copy
+    (attack_suite's look-alike copy through the DCT estimate).
     """
     b, device = len(images), images.device
     # Groups of at least two, or a group-mate would be the image itself.
@@ -194,14 +198,19 @@ def attack_batch(images, fingerprinted, bits, groups, psnr_range, generator=None
         forgeries.append(unsigned[other_group] * fields)
         pasted_from.append(group_bits[other_group])
         removals.append(unsigned[group_of] * fields)
+    nearest = look_alike_in_batch(images) if look_alikes or look_alike_dct else None
     if look_alikes:
-        nearest = look_alike_in_batch(images)
         forgeries.append(residuals[nearest])
         pasted_from.append(bits[nearest])
-    if dct_copies:
+    if dct_copies or look_alike_dct:
         sigma = uniform(DCT_SIGMAS, 1, generator).item()
-        forgeries.append((fingerprinted - dct_denoise(fingerprinted.detach(), sigma))[stranger])
+        dct_estimate = fingerprinted - dct_denoise(fingerprinted.detach(), sigma)
+    if dct_copies:
+        forgeries.append(dct_estimate[stranger])
         pasted_from.append(bits[stranger])
+    if look_alike_dct:
+        forgeries.append(dct_estimate[nearest])
+        pasted_from.append(bits[nearest])
 
     rows = torch.arange(b, device=device)
     kind = torch.randint(0, len(forgeries), (b,), generator=generator).to(device)

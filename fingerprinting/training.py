@@ -183,6 +183,9 @@ def build_parser(description=None):
         help="with --forgery_loss_weight: also forge with another image minus its DCT-thresholded copy "
              "(forgery.dct_denoise, a fast stand-in for the BM3D copy attack; docs/security.md section 27; "
              "default off)")
+    add("--forgery_look_alike_dct", action="store_true",
+        help="with --forgery_loss_weight: also forge each image with the batch's most look-alike image minus "
+             "its DCT-thresholded copy, as the look-alike copy through that estimate does (default off)")
     add("--group_mean_out", action="store_true",
         help="with --forgery_loss_weight: take each fingerprint group's mean residual out of its images, as "
              "embedding a one-fingerprint folder then takes the folder's out (\"folder_mean_residual\" in the "
@@ -238,6 +241,8 @@ def parse_args(argv=None, description=None):
         parser.error("--forgery_look_alikes needs --forgery_loss_weight > 0")
     if args.forgery_dct_copies and not args.forgery_loss_weight:
         parser.error("--forgery_dct_copies needs --forgery_loss_weight > 0")
+    if args.forgery_look_alike_dct and not args.forgery_loss_weight:
+        parser.error("--forgery_look_alike_dct needs --forgery_loss_weight > 0")
     if args.group_mean_out and not args.forgery_loss_weight:
         parser.error("--group_mean_out needs --forgery_loss_weight > 0")
     if args.group_mean_loss_weight and not args.group_mean_out:
@@ -495,7 +500,7 @@ def defence_loss(decoder, config, images, fingerprinted, bits, args, generator=N
               if args.forgery_scheme_aware else None)
     forged, pasted_bits, stripped, kept_bits = forgery.attack_batch(
         images, fingerprinted.float(), bits, args.fingerprint_groups, FORGERY_PSNR_RANGE, generator, fields,
-        args.forgery_look_alikes, args.forgery_dct_copies)
+        args.forgery_look_alikes, args.forgery_dct_copies, args.forgery_look_alike_dct)
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=args.bf16):
         logits = decode(decoder, config, torch.cat([forged, stripped])).float()
     forged_logits, stripped_logits = logits.split(len(images))

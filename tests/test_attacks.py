@@ -138,7 +138,11 @@ def test_attack_batch_with_fields_pastes_the_unsigned_group_residual_signed_by_t
     assert signed_forgeries > 8  # about one in five forgeries is the scheme-aware one
 
 
-def test_attack_batch_with_look_alikes_pastes_the_residual_of_the_most_alike_image():
+# The exact residual comes back whole; the DCT copy estimate keeps most of the
+# noise-like residual (cosine 0.48-0.84 measured), where the batch mean keeps a
+# sixteenth of it (cosine 0.25).
+@pytest.mark.parametrize("option, likeness", [("look_alikes", 0.9), ("look_alike_dct", 0.4)])
+def test_attack_batch_with_look_alikes_pastes_the_residual_of_the_most_alike_image(option, likeness):
     generator = torch.Generator().manual_seed(0)
     photos = torch.from_numpy(np.stack([np.array(crop) for crop in sample_images.sample_crops(8, 32)]))
     photos = photos.permute(0, 3, 1, 2).float() / 255
@@ -150,12 +154,12 @@ def test_attack_batch_with_look_alikes_pastes_the_residual_of_the_most_alike_ima
     found = 0
     for seed in range(8):
         forged, pasted_bits, _, _ = forgery.attack_batch(images, images + residuals, bits, 1, (30.0, 30.0),
-                                                         torch.Generator().manual_seed(seed), look_alikes=True)
+                                                         torch.Generator().manual_seed(seed), **{option: True})
         pasted = (forged - images).flatten(1)
-        from_twin = torch.nn.functional.cosine_similarity(pasted, residuals.roll(8, 0).flatten(1)) > 0.9
+        from_twin = torch.nn.functional.cosine_similarity(pasted, residuals.roll(8, 0).flatten(1)) > likeness
         assert torch.equal(pasted_bits[from_twin], bits.roll(8, 0)[from_twin])
         found += int(from_twin.sum())
-    assert found > 8  # about one forgery in five
+    assert found > 8  # about one forgery in five or six
 
 
 @pytest.mark.parametrize("mode", modulation.BANDS)

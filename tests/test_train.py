@@ -97,7 +97,7 @@ def test_a_run_under_the_forgery_defence_logs_it_and_stores_its_field(tmp_path, 
         sample_folder, tmp_path, "--image_resolution", "16", "--fingerprint_length", "8", "--batch_size", "8",
         "--num_holdout", "4", "--max_steps", "4", "--log_interval", "2", "--modulation", mode,
         "--modulation_mean", "--forgery_loss_weight", "1", "--forgery_scheme_aware", "--forgery_look_alikes",
-        "--forgery_dct_copies"))
+        "--forgery_dct_copies", "--forgery_look_alike_dct"))
     assert 0 <= final["forged_bit_acc"] <= 1 and 0 <= final["stripped_bit_acc"] <= 1
     config = load_model_config(prefix + "_encoder.pth")
     assert config.modulation == mode and torch.tensor(config.modulation_mean).shape == (16, 16)
@@ -184,6 +184,9 @@ def test_the_defence_options_need_the_defence(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_args(tmp_path, tmp_path, "--forgery_dct_copies")
     assert "--forgery_dct_copies needs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_args(tmp_path, tmp_path, "--forgery_look_alike_dct")
+    assert "--forgery_look_alike_dct needs" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train_args(tmp_path, tmp_path, "--group_mean_out")
     assert "--group_mean_out needs" in capsys.readouterr().err
