@@ -159,7 +159,7 @@ def test_attack_batch_with_look_alikes_pastes_the_residual_of_the_most_alike_ima
         from_twin = torch.nn.functional.cosine_similarity(pasted, residuals.roll(8, 0).flatten(1)) > likeness
         assert torch.equal(pasted_bits[from_twin], bits.roll(8, 0)[from_twin])
         found += int(from_twin.sum())
-    assert found > 8  # about one forgery in five or six
+    assert found > 8  # about one forgery in five
 
 
 @pytest.mark.parametrize("mode", modulation.BANDS)
