@@ -206,6 +206,11 @@ def build_parser(description=None):
     return parser
 
 
+# Options of the forgery defence: each needs --forgery_loss_weight.
+DEFENCE_OPTIONS = ("forgery_scheme_aware", "forgery_look_alikes", "forgery_dct_copies", "forgery_look_alike_dct",
+                   "group_mean_out")
+
+
 def parse_args(argv=None, description=None):
     parser = build_parser(description)
     args = parser.parse_args(argv)
@@ -235,16 +240,9 @@ def parse_args(argv=None, description=None):
         parser.error("--jpeg_gradient kornia needs kornia: pip install kornia")
     if args.forgery_loss_weight < 0:
         parser.error("--forgery_loss_weight must be >= 0")
-    if args.forgery_scheme_aware and not args.forgery_loss_weight:
-        parser.error("--forgery_scheme_aware needs --forgery_loss_weight > 0")
-    if args.forgery_look_alikes and not args.forgery_loss_weight:
-        parser.error("--forgery_look_alikes needs --forgery_loss_weight > 0")
-    if args.forgery_dct_copies and not args.forgery_loss_weight:
-        parser.error("--forgery_dct_copies needs --forgery_loss_weight > 0")
-    if args.forgery_look_alike_dct and not args.forgery_loss_weight:
-        parser.error("--forgery_look_alike_dct needs --forgery_loss_weight > 0")
-    if args.group_mean_out and not args.forgery_loss_weight:
-        parser.error("--group_mean_out needs --forgery_loss_weight > 0")
+    for name in DEFENCE_OPTIONS:
+        if getattr(args, name) and not args.forgery_loss_weight:
+            parser.error(f"--{name} needs --forgery_loss_weight > 0")
     if args.group_mean_loss_weight and not args.group_mean_out:
         parser.error("--group_mean_loss_weight needs --group_mean_out")
     if args.group_mean_loss_weight < 0:

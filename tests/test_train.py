@@ -174,22 +174,15 @@ def test_the_group_mean_loss_teaches_the_encoder_to_leave_the_group_mean_out(tmp
     assert metrics["group_mean_rms"] > 0 and with_loss < 0.6 * without  # measured 0.053 against 0.127
 
 
-def test_the_defence_options_need_the_defence(tmp_path, capsys):
+@pytest.mark.parametrize("option", ["--forgery_scheme_aware", "--forgery_look_alikes", "--forgery_dct_copies",
+                                    "--forgery_look_alike_dct", "--group_mean_out"])
+def test_each_defence_option_needs_the_defence(tmp_path, capsys, option):
     with pytest.raises(SystemExit):
-        train_args(tmp_path, tmp_path, "--forgery_scheme_aware")
-    assert "--forgery_scheme_aware needs" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        train_args(tmp_path, tmp_path, "--forgery_look_alikes")
-    assert "--forgery_look_alikes needs" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        train_args(tmp_path, tmp_path, "--forgery_dct_copies")
-    assert "--forgery_dct_copies needs" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        train_args(tmp_path, tmp_path, "--forgery_look_alike_dct")
-    assert "--forgery_look_alike_dct needs" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        train_args(tmp_path, tmp_path, "--group_mean_out")
-    assert "--group_mean_out needs" in capsys.readouterr().err
+        train_args(tmp_path, tmp_path, option)
+    assert f"{option} needs --forgery_loss_weight > 0" in capsys.readouterr().err
+
+
+def test_the_group_mean_loss_needs_the_group_mean_out_and_the_encoder(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_args(tmp_path, tmp_path, "--forgery_loss_weight", "1", "--group_mean_loss_weight", "1")
     assert "--group_mean_loss_weight needs --group_mean_out" in capsys.readouterr().err
